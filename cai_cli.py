@@ -1,0 +1,36 @@
+"""The ``cai`` command: a thin dispatcher over the sub-commands each package defines.
+
+Each package owns its own Typer sub-app (``constitution/cli.py``, ``generators/cli.py``,
+``labelers/cli.py``, ``trainers/cli.py``); heavy imports (torch, transformers) happen inside the
+command functions so ``cai --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from constitution.cli import app as constitution_app
+from generators.cli import export_command
+from generators.cli import generate_app
+from labelers.cli import app as label_app
+from trainers.cli import app as train_app
+
+app = typer.Typer(
+    help="The open toolkit for Constitutional AI and RLAIF: constitutions → SL-CAI data → AI preference labels → trained models.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+app.add_typer(constitution_app, name="constitution")
+app.add_typer(generate_app, name="generate")
+app.command("export")(export_command)
+app.add_typer(label_app, name="label")
+app.add_typer(train_app, name="train")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,80 @@
+"""The engine protocol: the few methods every model back end implements.
+
+Generators and labelers only talk to this protocol, never to a back end directly, so a run on a
+laptop (``transformers``), on a GPU (``vllm``) or against a server (``openai``) is the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, Sequence, Union, runtime_checkable
+
+Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
+Request = Union[str, list[Message]]  # a raw prompt, or a chat rendered with the model's chat template
+
+
+@dataclass
+class GenerationParams:
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)  # stop strings; the text returned excludes them
+    seed: int | None = 0  # sampling is reproducible for a given seed, batch composition and engine
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+
+
+class EngineCapabilityError(RuntimeError):
+    """The engine cannot do what was asked (e.g. scoring on a server without log-probs)."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str  # back-end name, e.g. "transformers"
+    model_id: str  # what the user asked for, recorded on every record
+    can_score: bool  # False → score()/score_options() raise EngineCapabilityError
+
+    def generate(self, requests: Sequence[Request], params: GenerationParams) -> list[Completion]:
+        """Batched generation, one completion per request, in request order."""
+        ...
+
+    def score(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[float]:
+        """Summed log-probability of each continuation's tokens given its context (raw text)."""
+        ...
+
+    def score_options(self, contexts: Sequence[str], options: Sequence[str]) -> list[list[float]]:
+        """For each context, the summed log-probability of every option (same options for all)."""
+        ...
+
+    def render_chat(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
+        """The model's chat template applied to messages, as raw text (for scoring chats)."""
+        ...
+
+
+def score_options_via_score(engine: Engine, contexts: Sequence[str], options: Sequence[str]) -> list[list[float]]:
+    """Fallback for engines with only ``score``: one scored continuation per (context, option)."""
+    flat_ctx = [c for c in contexts for _ in options]
+    flat_opt = [o for _ in contexts for o in options]
+    flat = engine.score(flat_ctx, flat_opt)
+    k = len(options)
+    return [flat[i * k : (i + 1) * k] for i in range(len(contexts))]
+
+
+def normalize_logprobs(logprobs: Sequence[float]) -> list[float]:
+    """Softmax over summed option log-probs: p_i = exp(lp_i) / Σ_j exp(lp_j), computed stably."""
+    m = max(logprobs)
+    if m == -math.inf:
+        return [1.0 / len(logprobs)] * len(logprobs)
+    exps = [math.exp(lp - m) for lp in logprobs]
+    total = sum(exps)
+    return [e / total for e in exps]

@@ -1,0 +1,5 @@
+"""`cai labelers` sub-commands (placeholder: being built)."""
+
+import typer
+
+app = typer.Typer(help="labelers commands.", no_args_is_help=True, rich_markup_mode=None)
