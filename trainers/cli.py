@@ -1,5 +1,146 @@
-"""`cai trainers` sub-commands (placeholder: being built)."""
+"""`cai train …`: one command per trainer, generated from the trainer's config dataclass.
+
+Every field of the config becomes an option (``lora_r`` → ``--lora-r``; booleans get ``--x/--no-x``;
+list fields are repeatable) with the field's help text, so a trainer documents its options once.
+Options given on the command line override the ``--config`` YAML file, which overrides the defaults.
+
+To add a trainer: define ``@dataclass class XConfig(TrainConfig)`` in ``trainers/x.py`` (keep torch
+imports inside functions there, so ``cai --help`` stays fast) and append one entry to COMMANDS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import json
+import typing
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import typer
 
-app = typer.Typer(help="trainers commands.", no_args_is_help=True, rich_markup_mode=None)
+from trainers.preference_model import PMConfig
+from trainers.sft import SFTConfig
+
+app = typer.Typer(help="Train models: SFT, preference model, DPO, KTO, PPO.", no_args_is_help=True, rich_markup_mode=None)
+
+SFT_HELP = """Supervised fine-tuning on chats (`messages` column); the loss covers assistant turns only.
+
+\b
+Examples:
+  cai train sft --data runs/slcai/export/sft.jsonl --model smollm2-135m --out runs/sft
+  cai train sft --data revisions.jsonl:0.7 --data helpful.jsonl:0.3 --model smollm2-135m \\
+      --out runs/sft-mix --epochs 2 --batch-size 8 --grad-accum 4 --max-length 512 --on-long truncate
+  cai train sft --config sft.yaml --lora-r 16          # YAML keys are the option names
+  cai train sft ... --no-resume                         # start over instead of continuing OUT/checkpoints
+
+The final model is saved into OUT (from_pretrained(OUT) loads it), with metrics.jsonl and summary.json.
+Rerunning the same command continues from the latest checkpoint in OUT/checkpoints.
+"""
+
+PM_HELP = """Preference model: a scalar reward head on a causal-LM backbone, trained with the soft-label
+Bradley–Terry loss on prompt/chosen/rejected rows (p_chosen = AI label; absent → 1.0).
+
+\b
+Examples:
+  cai train pm --data runs/labels/export/preferences.jsonl --model smollm2-135m --out runs/pm
+  cai train pm --data prefs.jsonl --model runs/sft --out runs/pm --eval-fraction 0.1 --lr 1e-5
+  cai train pm --config pm.yaml --no-resume
+
+OUT then loads with AutoModelForSequenceClassification.from_pretrained(OUT); the eval split's pairwise
+accuracy and calibration (ECE) are in summary.json, the reliability plot in calibration.png.
+"""
+
+# (command name, config class, "module:function" run lazily, help text). Other trainers append here.
+COMMANDS: list[tuple[str, type, str, str]] = [
+    ("sft", SFTConfig, "trainers.sft:train_sft", SFT_HELP),
+    ("pm", PMConfig, "trainers.preference_model:train_preference_model", PM_HELP),
+]
+
+
+def config_command(config_cls: type, target: str) -> Callable[..., None]:
+    """A Typer command function whose options are ``config_cls``'s fields, plus ``--config FILE`` and
+    ``--no-resume``. It builds the config with ``load_config`` and calls ``target`` ("module:func")."""
+    from trainers.common import ConfigError, load_config
+    from trainers.data import DataError
+
+    hints = typing.get_type_hints(config_cls)
+    params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                                default=typer.Option(None, "--config", metavar="FILE", help="YAML file of options (keys = option names); command-line options win"))]
+    for f in dataclasses.fields(config_cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if f.default is not dataclasses.MISSING and f.default not in (None, "", []):
+            help_text += f"  [default: {f.default}]"
+        hint = hints[f.name]
+        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if type(None) in typing.get_args(hint) else hint
+        if base is bool:
+            option, annotation = typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False), Optional[bool]
+        elif typing.get_origin(base) is list:
+            option, annotation = typer.Option(None, flag, help=help_text + " (repeatable)", show_default=False, metavar="TEXT"), Optional[list[str]]
+        else:
+            option, annotation = typer.Option(None, flag, help=help_text, show_default=False, metavar={str: "TEXT"}.get(base, base.__name__.upper())), Optional[base]
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option))
+    params.append(inspect.Parameter("no_resume", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                    default=typer.Option(False, "--no-resume", help="ignore checkpoints in OUT and start from step 0 (same as --resume never)")))
+
+    def command(**values: Any) -> None:
+        yaml_path = values.pop("config")
+        if values.pop("no_resume"):
+            values["resume"] = "never"
+        module_name, _, function_name = target.partition(":")
+        try:
+            config = load_config(config_cls, yaml_path, **values)
+            summary = getattr(importlib.import_module(module_name), function_name)(config)
+        except (ConfigError, DataError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        shown = {k: v for k, v in summary.items() if k not in ("config", "data", "length")}
+        typer.echo(json.dumps(shown, indent=2, default=str))
+
+    command.__signature__ = inspect.Signature(params)
+    return command
+
+
+# ---- DPO and KTO (trainers/dpo.py, trainers/kto.py)
+from trainers.dpo import DPOConfig  # noqa: E402  (config dataclasses only: no torch at import)
+from trainers.kto import KTOConfig  # noqa: E402
+
+DPO_HELP = """Direct Preference Optimization on prompt/chosen/rejected rows, with per-example soft labels
+(p_chosen = the AI labeler's P(chosen ≻ rejected); absent → 1.0). Reference log-probs are computed once
+before training with the initial policy (or --ref-model) and cached in OUT: no second model in memory.
+
+\b
+Examples:
+  cai train dpo --data runs/labels/export/preferences.jsonl --model smollm2-135m --out runs/dpo
+  cai train dpo --data prefs.jsonl --model runs/sft --out runs/dpo --beta 0.1 --lr 5e-7 \\
+      --batch-size 4 --grad-accum 8 --max-length 512 --on-long truncate
+  cai train dpo --data prefs.jsonl --model runs/sft --ref-model smollm2-135m --out runs/dpo-ref
+  cai train dpo --data prefs.jsonl --model smollm2-135m --lora-r 16 --ref-mode live --out runs/dpo-lora
+
+Metrics (OUT/metrics.jsonl): loss, rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracy
+(and eval_… on the eval split). Rerunning the same command continues from OUT/checkpoints.
+"""
+
+KTO_HELP = """Kahneman–Tversky Optimization on prompt/completion/label rows (label true = desirable), the
+toolkit's binary-label export. The KL reference point is estimated from mismatched prompt/completion
+pairs; their reference log-probs are precomputed with the others.
+
+\b
+Examples:
+  cai train kto --data runs/binary/export/kto.jsonl --model smollm2-135m --out runs/kto
+  cai train kto --data kto.jsonl --model runs/sft --out runs/kto --balance --beta 0.1 --lr 5e-7
+  cai train kto --data kto.jsonl --model runs/sft --desirable-weight 1.0 --undesirable-weight 1.33 --out runs/kto
+
+Metrics (OUT/metrics.jsonl): loss, kl (the reference point z0), rewards/desirable, rewards/undesirable,
+rewards/margins (and eval_… on the eval split). Rerunning the same command continues from OUT/checkpoints.
+"""
+
+COMMANDS.append(("dpo", DPOConfig, "trainers.dpo:train_dpo", DPO_HELP))
+COMMANDS.append(("kto", KTOConfig, "trainers.kto:train_kto", KTO_HELP))
+
+
+# Registration: keep this loop last, after every COMMANDS entry.
+for _name, _config_cls, _target, _help in COMMANDS:
+    app.command(_name, help=_help)(config_command(_config_cls, _target))

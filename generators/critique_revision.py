@@ -1,0 +1,245 @@
+"""SL-CAI: initial answer → K × (critique → revision), in one conversation, batched by stage.
+
+For each prompt the model sees one growing conversation (Bai et al. 2022, §3):
+
+    [system prompt]                                  (constitution.system_prompt, if any)
+    few-shot exchanges, each as user/assistant turns: prompt, response, critique request, critique,
+                                                      revision request, revision
+    the real prompt                →  initial answer
+    critique request (principle p₁) →  critique        (skipped with revision_only)
+    revision request (p₁)           →  revision
+    critique request (p₂)           →  critique         … K rounds
+
+Few-shot examples are rendered exactly like the real exchange because small models otherwise lose
+track of who is speaking. The principle of each round is drawn at random, weighted by
+``principle.weight``, from an RNG seeded by (seed, prompt id, round): the draw is reproducible and
+does not depend on batching, chunking or resuming.
+
+Throughput comes from batching BY STAGE: a chunk of prompts goes through the engine one stage at a
+time (all initial answers in one ``engine.generate`` call, then all critiques, …), so the number of
+engine calls is stages × chunks, never × prompts. Each finished chunk is appended to the run
+directory's ``records.jsonl`` (whole lines, fsynced), so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from constitution.schema import Constitution, CritiqueRevisionPrinciple
+
+from .engines.base import Engine, GenerationParams
+from .inputs import PromptItem
+from .rundir import RunDir, stable_id
+
+RUN_KIND = "sl-cai"
+CHUNK_BATCHES = 4  # a chunk holds this many engine batches: bigger calls, still frequent saves
+
+
+def draw_principle(constitution: Constitution, seed: int, prompt_id: str, round_index: int) -> CritiqueRevisionPrinciple:
+    """The principle for (prompt, round): weighted random draw, seeded so reruns draw the same one."""
+    principles = constitution.critique_revision
+    rng = random.Random(int(stable_id("principle", seed, prompt_id, round_index), 16))
+    return rng.choices(principles, weights=[p.weight for p in principles], k=1)[0]
+
+
+def few_shot_messages(constitution: Constitution, *, revision_only: bool = False) -> list[dict]:
+    """The constitution's few-shot exchanges as earlier user/assistant turns, shaped like the real one.
+
+    An example without a ``principle`` is shown with the first principle's requests (some request
+    text must stand between the turns, and the first principle is the constitution's headline one).
+    """
+    messages: list[dict] = []
+    for ex in constitution.few_shot:
+        principle = constitution.critique_principle(ex.principle) if ex.principle else constitution.critique_revision[0]
+        messages += [{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.response}]
+        if not revision_only:
+            messages += [{"role": "user", "content": principle.critique}, {"role": "assistant", "content": ex.critique}]
+        messages += [{"role": "user", "content": principle.revision}, {"role": "assistant", "content": ex.revision}]
+    return messages
+
+
+def conversation_prefix(constitution: Constitution, *, revision_only: bool = False) -> list[dict]:
+    """What stands before every real prompt: the system prompt (if any), then the few-shot turns."""
+    system = [{"role": "system", "content": constitution.system_prompt}] if constitution.system_prompt else []
+    return system + few_shot_messages(constitution, revision_only=revision_only)
+
+
+def sampling_identity(params: GenerationParams) -> dict:
+    """The sampling settings that define a dataset (the per-call seed is derived, so it is left out)."""
+    return {"max_new_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p, "stop": list(params.stop)}
+
+
+def sl_cai_identity(constitution: Constitution, engine: Engine, *, rounds: int, revision_only: bool, seed: int, params: GenerationParams) -> dict:
+    return {
+        "constitution": constitution.ref,
+        "constitution_hash": constitution.content_hash,
+        "model": engine.model_id,
+        "engine": engine.name,
+        "rounds": rounds,
+        "revision_only": revision_only,
+        "seed": seed,
+        "params": sampling_identity(params),
+    }
+
+
+def stage_params(params: GenerationParams, seed: int, stage: str, ids: Sequence[str]) -> GenerationParams:
+    """Params for one engine call, with a seed derived from (run seed, stage, the chunk's prompt ids)."""
+    return dataclasses.replace(params, seed=int(stable_id("stage", seed, stage, list(ids)), 16) % (2**31))
+
+
+@dataclass
+class _InFlight:
+    """One prompt's state while its chunk moves through the stages."""
+
+    item: PromptItem
+    conversation: list[dict]
+    initial: str = ""
+    initial_finish: str = ""
+    rounds: list[dict] = field(default_factory=list)
+    tokens: dict = field(default_factory=lambda: {s: {"prompt_tokens": 0, "completion_tokens": 0} for s in ("initial", "critique", "revision")})
+
+
+class _Stats:
+    def __init__(self):
+        self.start = time.monotonic()
+        self.completion_tokens = 0
+        self.prompt_tokens = 0
+
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / max(time.monotonic() - self.start, 1e-9)
+
+
+def _run_stage(engine: Engine, jobs: list[_InFlight], params: GenerationParams, stage: str, token_key: str, stats: _Stats):
+    """One batched engine call for every prompt of the chunk; appends the user request beforehand by the caller."""
+    completions = engine.generate([j.conversation for j in jobs], stage_params(params, params.seed or 0, stage, [j.item.id for j in jobs]))
+    if len(completions) != len(jobs):
+        raise RuntimeError(f"engine {engine.name!r} returned {len(completions)} completions for {len(jobs)} requests")
+    for job, c in zip(jobs, completions):
+        job.tokens[token_key]["prompt_tokens"] += c.prompt_tokens
+        job.tokens[token_key]["completion_tokens"] += c.completion_tokens
+        stats.prompt_tokens += c.prompt_tokens
+        stats.completion_tokens += c.completion_tokens
+    return completions
+
+
+def _process_chunk(constitution, chunk: list[PromptItem], engine, prefix, *, rounds, revision_only, seed, params, stats, on_stage) -> list[_InFlight]:
+    params = dataclasses.replace(params, seed=seed)
+    jobs = [_InFlight(item=item, conversation=list(prefix) + [dict(m) for m in item.messages]) for item in chunk]
+
+    on_stage("initial answers")
+    for job, c in zip(jobs, _run_stage(engine, jobs, params, "initial", "initial", stats)):
+        job.initial, job.initial_finish = c.text.strip(), c.finish_reason
+        job.conversation.append({"role": "assistant", "content": job.initial})
+
+    for r in range(rounds):
+        principles = [draw_principle(constitution, seed, job.item.id, r) for job in jobs]
+        entries = [{"round": r + 1, "principle_id": p.id} for p in principles]
+        if not revision_only:
+            on_stage(f"critiques (round {r + 1}/{rounds})")
+            for job, p in zip(jobs, principles):
+                job.conversation.append({"role": "user", "content": p.critique})
+            for job, e, p, c in zip(jobs, entries, principles, _run_stage(engine, jobs, params, f"critique-{r}", "critique", stats)):
+                e.update(critique_request=p.critique, critique=c.text.strip(), critique_finish_reason=c.finish_reason)
+                job.conversation.append({"role": "assistant", "content": e["critique"]})
+        on_stage(f"revisions (round {r + 1}/{rounds})")
+        for job, p in zip(jobs, principles):
+            job.conversation.append({"role": "user", "content": p.revision})
+        for job, e, p, c in zip(jobs, entries, principles, _run_stage(engine, jobs, params, f"revision-{r}", "revision", stats)):
+            e.update(revision_request=p.revision, revision=c.text.strip(), revision_finish_reason=c.finish_reason)
+            job.conversation.append({"role": "assistant", "content": e["revision"]})
+        for job, e in zip(jobs, entries):
+            if revision_only:
+                e.update(critique_request=None, critique=None, critique_finish_reason=None)
+            job.rounds.append(e)
+    return jobs
+
+
+def _record(job: _InFlight, constitution: Constitution, engine: Engine, *, seed: int, params: GenerationParams, revision_only: bool) -> dict:
+    totals = {k: sum(t[k] for t in job.tokens.values()) for k in ("prompt_tokens", "completion_tokens")}
+    record = {
+        "id": job.item.id,
+        "prompt": job.item.messages,
+        "initial_response": job.initial,
+        "initial_finish_reason": job.initial_finish,
+        "rounds": job.rounds,
+        "final_revision": job.rounds[-1]["revision"] if job.rounds else job.initial,
+        "principle_ids": [r["principle_id"] for r in job.rounds],
+        "revision_only": revision_only,
+        "model": engine.model_id,
+        "engine": engine.name,
+        **constitution.stamp(),
+        "params": sampling_identity(params),
+        "seed": seed,
+        "tokens": {**job.tokens, "total": totals},
+    }
+    if job.item.meta:
+        record["meta"] = job.item.meta
+    return record
+
+
+def run_sl_cai(
+    constitution: Constitution,
+    prompts: Sequence[PromptItem],
+    engine: Engine,
+    run_dir,
+    *,
+    rounds: int = 1,
+    revision_only: bool = False,
+    seed: int = 0,
+    params: GenerationParams | None = None,
+    batch_size: int = 8,
+    chunk_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Generate SL-CAI records for ``prompts`` into ``run_dir`` (resumable); returns a summary dict.
+
+    ``chunk_size`` prompts (default ``batch_size * 4``) go through all stages together and are then
+    saved; an interrupted run loses at most the chunk in progress. Raises
+    :class:`generators.rundir.RunDirError` when ``run_dir`` was started with other settings.
+    """
+    from tqdm.auto import tqdm
+
+    if rounds < 1:
+        raise ValueError(f"rounds must be ≥ 1, got {rounds}")
+    if not constitution.critique_revision:
+        raise ValueError(f"constitution {constitution.ref} has no critique_revision principles; SL-CAI needs at least one")
+    params = params or GenerationParams()
+    chunk_size = chunk_size or max(1, batch_size) * CHUNK_BATCHES
+    identity = sl_cai_identity(constitution, engine, rounds=rounds, revision_only=revision_only, seed=seed, params=params)
+    rd = RunDir(run_dir, identity, overwrite=overwrite, kind=RUN_KIND)
+    done = rd.done_ids()
+    todo = [p for p in prompts if p.id not in done]
+    prefix = conversation_prefix(constitution, revision_only=revision_only)
+    stats = _Stats()
+
+    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), unit="prompt", desc="sl-cai", disable=not progress, dynamic_ncols=True)
+
+    def on_stage(stage: str) -> None:
+        bar.set_postfix_str(f"{stage} · {stats.tokens_per_s():.1f} tok/s", refresh=True)
+
+    try:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
+            jobs = _process_chunk(constitution, chunk, engine, prefix, rounds=rounds, revision_only=revision_only, seed=seed, params=params, stats=stats, on_stage=on_stage)
+            rd.append(_record(j, constitution, engine, seed=seed, params=params, revision_only=revision_only) for j in jobs)
+            bar.update(len(chunk))
+            on_stage("saved")
+    finally:
+        bar.close()
+    elapsed = time.monotonic() - stats.start
+    return {
+        "run_dir": str(Path(run_dir)),
+        "records": str(rd.records_path),
+        "prompts": len(prompts),
+        "already_done": len(prompts) - len(todo),
+        "generated": len(todo),
+        "seconds": round(elapsed, 2),
+        "completion_tokens": stats.completion_tokens,
+        "tokens_per_s": round(stats.completion_tokens / max(elapsed, 1e-9), 2),
+    }

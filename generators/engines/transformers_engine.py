@@ -1,0 +1,394 @@
+"""The ``transformers`` engine: a local Hugging Face causal LM, on CPU or one GPU.
+
+Generation is batched: requests are tokenized, sorted by length (so a batch holds prompts of
+similar length and little padding), left-padded (so every row's next token sits in the last
+column) and handed to ``model.generate``; completions come back in request order.
+
+Scoring computes the summed log-probability of continuation tokens. Contexts are left-padded so
+every row's continuation sits at the end, and ``logits_to_keep`` asks the model for the output
+projection of only those last positions: the vocabulary projection is the most expensive part of a
+forward for a small model with a 49k vocabulary and a long context.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from .base import Completion, GenerationParams, Message, Request
+from .embedded import resolve_model
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class TransformersEngine:
+    name = "transformers"
+    can_score = True
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int = 16,
+        trust_remote_code: bool = False,
+        max_length: int | None = None,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        dtype = dtype or "auto"
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.model_id = model
+        self.batch_size = batch_size
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype == "auto":
+            on_cuda = self.device.type == "cuda"
+            torch_dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
+        else:
+            torch_dtype = getattr(torch, dtype)
+
+        path = resolve_model(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        ).to(self.device)
+        self.model.eval()
+
+        tok = self.tokenizer
+        self.eos_token_ids = _eos_ids(self.model.generation_config.eos_token_id, tok.eos_token_id)
+        if tok.pad_token_id is None:
+            # Padding positions are masked out, so any id works; EOS is the usual choice.
+            tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
+        self.pad_token_id = tok.pad_token_id
+        self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", None)
+        self._stop_criteria_cache: dict[tuple[str, ...], object] = {}
+        self._shares_cache = True  # score_options reuses a context's KV cache across its options
+
+    # ------------------------------------------------------------------ rendering and tokenizing
+
+    def render_chat(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(
+                f"model {self.model_id!r} has no chat template; pass raw string prompts or use an instruct model"
+            )
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def _encode_context(self, text: str) -> list[int]:
+        return encode_context(self.tokenizer, text)
+
+    def _encode_continuation(self, text: str) -> list[int]:
+        return encode_continuation(self.tokenizer, text)
+
+    def _encode_request(self, request: Request) -> list[int]:
+        if isinstance(request, str):
+            return self._encode_context(request)
+        if isinstance(request, list):
+            return self._encode_context(self.render_chat(request, add_generation_prompt=True))
+        raise TypeError(f"a request is a string or a list of chat messages, got {type(request).__name__}")
+
+    def _left_pad(self, rows: list[list[int]]):
+        """(input_ids, attention_mask, position_ids) for left-padded rows, on the engine's device."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            if row:
+                ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+                mask[i, width - len(row) :] = 1
+        # Positions count real tokens only, so a padded row sees the same positions as unpadded.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, requests: Sequence[Request], params: GenerationParams) -> list[Completion]:
+        import torch
+
+        if params.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {params.max_new_tokens}")
+        encoded = [self._encode_request(r) for r in requests]
+        encoded = [self._fit_prompt(ids, params.max_new_tokens, i) for i, ids in enumerate(encoded)]
+        # Longest first: a batch holds similar lengths, and an out-of-memory shows up at once.
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        results: list[Completion | None] = [None] * len(encoded)
+        config = self._generation_config(params)
+        stop_kwargs = self._stop_kwargs(params.stop)
+        for batch_index, start in enumerate(range(0, len(order), self.batch_size)):
+            batch = order[start : start + self.batch_size]
+            ids, mask, _ = self._left_pad([encoded[i] for i in batch])
+            if params.seed is not None and config.do_sample:
+                torch.manual_seed(params.seed + batch_index)
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=ids, attention_mask=mask, generation_config=config, **stop_kwargs
+                )
+            new_tokens = out[:, ids.shape[1] :].tolist()
+            for row, request_index in enumerate(batch):
+                results[request_index] = self._finish(
+                    new_tokens[row], len(encoded[request_index]), params
+                )
+        return results  # type: ignore[return-value]
+
+    def _fit_prompt(self, ids: list[int], max_new_tokens: int, index: int) -> list[int]:
+        if self.max_length is None or len(ids) + max_new_tokens <= self.max_length:
+            return ids
+        keep = self.max_length - max_new_tokens
+        if keep < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt (max_length {self.max_length})")
+        log.warning(
+            "request %d has %d prompt tokens; keeping the last %d so the prompt plus %d new tokens fit max_length %d",
+            index, len(ids), keep, max_new_tokens, self.max_length,
+        )
+        return ids[-keep:]
+
+    def _generation_config(self, params: GenerationParams):
+        from transformers import GenerationConfig
+
+        sample = params.temperature > 0
+        options = dict(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sample,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_ids or None,
+        )
+        if sample:
+            options.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        return GenerationConfig(**options)
+
+    def _stop_kwargs(self, stop: list[str]) -> dict:
+        """transformers' own stop-string criterion ends a row (and so a batch) as soon as the stop
+        string is produced; the text is still truncated afterwards, since the criterion works on
+        tokens and may stop a little after the exact character."""
+        if not stop:
+            return {}
+        key = tuple(stop)
+        if key not in self._stop_criteria_cache:
+            try:
+                from transformers.generation.stopping_criteria import StopStringCriteria
+
+                self._stop_criteria_cache[key] = StopStringCriteria(self.tokenizer, list(stop))
+            except Exception as exc:  # an unusual tokenizer: fall back to truncating afterwards
+                log.warning("stop strings will only be applied after generation: %s", exc)
+                self._stop_criteria_cache[key] = None
+        criterion = self._stop_criteria_cache[key]
+        if criterion is None:
+            return {}
+        from transformers import StoppingCriteriaList
+
+        return {"stopping_criteria": StoppingCriteriaList([criterion])}
+
+    def _finish(self, tokens: list[int], prompt_tokens: int, params: GenerationParams) -> Completion:
+        """Cut one row's new tokens at EOS, padding or the first stop string."""
+        end = len(tokens)
+        finish = "length"
+        for i, t in enumerate(tokens):
+            if t in self.eos_token_ids:
+                end, finish = i + 1, "stop"  # EOS was generated: it counts, but is not text
+                break
+        if finish == "length" and self.pad_token_id not in self.eos_token_ids:
+            # Rows ended by the stop-string criterion are padded to the batch's width.
+            while end > 0 and tokens[end - 1] == self.pad_token_id:
+                end -= 1
+        tokens = tokens[: end - 1] if finish == "stop" else tokens[:end]
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        cut = _first_stop(text, params.stop)
+        if cut is not None:
+            text = text[:cut]
+            finish = "stop"
+            end = self._tokens_until_stop(tokens, params.stop)
+        elif finish == "length" and len(tokens) < params.max_new_tokens:
+            finish = "stop"  # stopped early by the criterion although the decoded text hides it
+        return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=end, finish_reason=finish)
+
+    def _tokens_until_stop(self, tokens: list[int], stop: list[str]) -> int:
+        """The fewest leading tokens whose decoded text contains a stop string (binary search:
+        once a prefix contains a stop string, every longer prefix does too)."""
+        lo, hi = 1, len(tokens)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            text = self.tokenizer.decode(tokens[:mid], skip_special_tokens=True)
+            if _first_stop(text, stop) is not None:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[float]:
+        if len(contexts) != len(continuations):
+            raise ValueError(f"score needs one continuation per context, got {len(contexts)} and {len(continuations)}")
+        pairs = [(self._encode_context(c), self._encode_continuation(x)) for c, x in zip(contexts, continuations)]
+        return self._sum_logprobs(pairs)
+
+    def score_options(self, contexts: Sequence[str], options: Sequence[str]) -> list[list[float]]:
+        if not options:
+            raise ValueError("score_options needs at least one option")
+        option_ids = [self._encode_continuation(o) for o in options]
+        for text, ids in zip(options, option_ids):
+            if not ids:
+                raise ValueError(f"option {text!r} has no tokens")
+        context_ids = [self._encode_context(c) for c in contexts]
+        if all(len(ids) == 1 for ids in option_ids) or self._shares_cache:
+            try:
+                return self._options_after_shared_context(context_ids, option_ids)
+            except (AttributeError, NotImplementedError, TypeError) as exc:
+                if all(len(ids) == 1 for ids in option_ids):
+                    raise
+                # A model whose cache cannot be repeated across rows: score each pair on its own.
+                log.warning("scoring options without a shared context cache (%s: %s)", type(exc).__name__, exc)
+                self._shares_cache = False
+        pairs = [(ctx, opt) for ctx in context_ids for opt in option_ids]
+        flat = self._sum_logprobs(pairs)
+        k = len(options)
+        return [flat[i * k : (i + 1) * k] for i in range(len(contexts))]
+
+    def _check_context(self, ctx: list[int]) -> None:
+        if not ctx:
+            raise ValueError(
+                "cannot score a continuation of an empty context with a tokenizer that adds no BOS token"
+            )
+        if self.max_length is not None and len(ctx) > self.max_length:
+            raise ValueError(f"context of {len(ctx)} tokens is longer than max_length {self.max_length}")
+
+    def _options_after_shared_context(self, context_ids: list[list[int]], option_ids: list[list[int]]) -> list[list[float]]:
+        """Summed log-probs of every option after every context, running each context only once.
+
+        Pass 1: the left-padded contexts, keeping one position of logits: that gives every option's
+        first token at once (all that single-token options such as " A"/" B" need). Pass 2, only for
+        multi-token options (" (A)" is three tokens in SmolLM2): the context's KV cache is repeated
+        once per option, and each option's tokens but the last are fed after it, right-padded; their
+        logits give the rest of the option's tokens. A long labeling prompt is thus encoded once,
+        not once per option."""
+        import torch
+
+        for ctx in context_ids:
+            self._check_context(ctx)
+        k = len(option_ids)
+        first = torch.tensor([o[0] for o in option_ids], device=self.device)
+        tail_width = max(len(o) for o in option_ids) - 1
+        tail_ids = torch.full((k, max(tail_width, 1)), self.pad_token_id, dtype=torch.long)
+        tail_mask = torch.zeros((k, max(tail_width, 1)), dtype=torch.long)
+        tail_targets = torch.zeros((k, max(tail_width, 1)), dtype=torch.long)
+        for j, option in enumerate(option_ids):
+            n = len(option) - 1
+            if n:
+                tail_ids[j, :n] = torch.tensor(option[:-1])
+                tail_targets[j, :n] = torch.tensor(option[1:])
+                tail_mask[j, :n] = 1
+        tail_ids, tail_mask, tail_targets = tail_ids.to(self.device), tail_mask.to(self.device), tail_targets.to(self.device)
+
+        order = sorted(range(len(context_ids)), key=lambda i: -len(context_ids[i]))
+        results: list[list[float]] = [[] for _ in context_ids]
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            ids, mask, positions = self._left_pad([context_ids[i] for i in batch])
+            with torch.inference_mode():
+                out = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions,
+                    logits_to_keep=1, use_cache=tail_width > 0,
+                )
+                totals = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)[:, first]  # (B, k)
+                if tail_width:
+                    rows = len(batch) * k  # row r*k + j is context r followed by option j
+                    cache = out.past_key_values
+                    cache.batch_repeat_interleave(k)
+                    lengths = mask.sum(-1).repeat_interleave(k)
+                    tail_positions = lengths[:, None] + torch.arange(tail_width, device=self.device)
+                    logits = self.model(
+                        input_ids=tail_ids[:, :tail_width].repeat(len(batch), 1),
+                        attention_mask=torch.cat([mask.repeat_interleave(k, 0), tail_mask[:, :tail_width].repeat(len(batch), 1)], dim=1),
+                        position_ids=tail_positions,
+                        past_key_values=cache,
+                    ).logits
+                    picked = torch.log_softmax(logits.float(), dim=-1).gather(
+                        -1, tail_targets[:, :tail_width].repeat(len(batch), 1).unsqueeze(-1)
+                    ).squeeze(-1)
+                    keep = tail_mask[:, :tail_width].repeat(len(batch), 1).bool()
+                    totals = totals + torch.where(keep, picked, 0.0).sum(-1).view(len(batch), k)
+            for row, i in enumerate(batch):
+                results[i] = totals[row].tolist()
+        return results
+
+    def _sum_logprobs(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+        """Σ log p(target tokens | prefix) for each (prefix ids, target ids) pair.
+
+        Each row is prefix + target without its last token, left-padded, so the logits that predict
+        the target sit in the last len(target) columns of every row: logits_to_keep = the batch's
+        longest target is all the projection needed."""
+        import torch
+
+        results = [0.0] * len(pairs)
+        todo = []
+        for i, (ctx, target) in enumerate(pairs):
+            if target:  # an empty continuation has probability 1
+                self._check_context(ctx)
+                if self.max_length is not None and len(ctx) + len(target) - 1 > self.max_length:
+                    raise ValueError(
+                        f"context plus continuation is {len(ctx) + len(target)} tokens, longer than max_length {self.max_length}"
+                    )
+                todo.append(i)
+        todo.sort(key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start : start + self.batch_size]
+            rows = [(pairs[i][0] + pairs[i][1])[:-1] for i in batch]
+            keep = max(len(pairs[i][1]) for i in batch)
+            ids, mask, positions = self._left_pad(rows)
+            targets = torch.full((len(batch), keep), 0, dtype=torch.long)
+            target_mask = torch.zeros((len(batch), keep), dtype=torch.bool)
+            for row, i in enumerate(batch):
+                target = pairs[i][1]
+                targets[row, keep - len(target) :] = torch.tensor(target)
+                target_mask[row, keep - len(target) :] = True
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
+                ).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            picked = logprobs.gather(-1, targets.to(self.device).unsqueeze(-1)).squeeze(-1)
+            sums = torch.where(target_mask.to(self.device), picked, 0.0).sum(-1).tolist()
+            for row, i in enumerate(batch):
+                results[i] = sums[row]
+        return results
+
+
+def encode_context(tokenizer, text: str) -> list[int]:
+    """Token ids of a prompt or scoring context: with the tokenizer's BOS if it adds one, but never
+    two (a rendered chat template often already starts with the BOS text)."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    bos = tokenizer.bos_token_id
+    if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
+        ids = ids[1:]
+    return ids
+
+
+def encode_continuation(tokenizer, text: str) -> list[int]:
+    """A continuation is tokenized on its own, without special tokens, and appended to the
+    context's ids: token boundaries are then exactly the ones the score sums over."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _eos_ids(*candidates) -> list[int]:
+    ids: list[int] = []
+    for c in candidates:
+        for t in (c if isinstance(c, (list, tuple)) else [c]):
+            if t is not None and t not in ids:
+                ids.append(int(t))
+    return ids
+
+
+def _first_stop(text: str, stop: Sequence[str]) -> int | None:
+    positions = [text.find(s) for s in stop if s]
+    positions = [p for p in positions if p >= 0]
+    return min(positions) if positions else None

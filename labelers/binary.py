@@ -1,0 +1,118 @@
+"""Binary AI feedback for KTO: does one response meet a principle?
+
+    p_yes = exp(lp(" Yes")) / (exp(lp(" Yes")) + exp(lp(" No")))
+
+For an ordinary principle the question is "is the reply a good one by this standard?", so
+p_desirable = p_yes; for a principle with ``invert: true`` (it asks for the worse response) the
+question is "is the reply a bad one?", so p_desirable = 1 − p_yes. label = p_desirable ≥ 0.5,
+confidence = max(p_desirable, 1 − p_desirable).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from constitution.schema import Constitution
+from generators.engines.base import normalize_logprobs
+from generators.rundir import RunDir
+
+from .inputs import Single, load_singles
+from .preference import draw_principles, require_scoring, template_identity
+from .prompts import TemplateSpec, conversation_text, render_context, template_spec
+
+
+@dataclass(frozen=True)
+class Standard:
+    """What a single response is judged against: a constitution principle or the user's own question."""
+
+    id: str
+    text: str
+    invert: bool = False
+
+
+def standard_for(constitution: Constitution | None, question: str | None, key: str, seed: int) -> Standard:
+    if question:
+        return Standard("custom", question, False)
+    if constitution is None:
+        raise ValueError("pass a constitution or a question to judge responses against")
+    p = draw_principles(constitution, key, 1, seed)[0]
+    return Standard(p.id, p.text, p.invert)
+
+
+def single_context(spec: TemplateSpec, constitution, engine, prompt: list[dict], response: str, standard: Standard) -> str:
+    return render_context(spec, constitution, engine, conversation=conversation_text(prompt), response=response,
+                          principle=standard.text, asks_for_worse=standard.invert, cot=False)
+
+
+def desirable_probability(logprobs: Sequence[float], invert: bool = False) -> tuple[float, float]:
+    """(p_yes, p_desirable) from the log-probs of (" Yes", " No")."""
+    p_yes = normalize_logprobs(list(logprobs))[0]
+    return p_yes, (1.0 - p_yes if invert else p_yes)
+
+
+def single_identity(kind: str, spec: TemplateSpec, constitution, engine, question, seed) -> dict:
+    return {
+        **(constitution.stamp() if constitution is not None and not question else {}),
+        "kind": kind, "labeler_model": engine.model_id, "engine": engine.name, "template": spec.name,
+        "template_hash": template_identity(spec, constitution), "question": question, "seed": seed,
+    }
+
+
+def label_binary(
+    constitution: Constitution | None,
+    inputs: str | Path | Sequence[Single],
+    engine,
+    run_dir: str | Path,
+    *,
+    question: str | None = None,
+    template: str = "binary",
+    seed: int = 0,
+    batch_size: int = 32,
+    min_margin: float = 0.0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Label every single response desirable/undesirable; write records, exports/kto.* and a summary."""
+    from tqdm import tqdm
+
+    from .exports import export_kto
+
+    require_scoring(engine)
+    spec = template_spec(template, "binary")
+    items = load_singles(inputs) if isinstance(inputs, (str, Path)) else list(inputs)
+    run = RunDir(run_dir, single_identity("binary", spec, constitution, engine, question, seed),
+                 overwrite=overwrite, kind="label-binary")
+    done = run.done_ids()
+    todo = [s for s in items if s.id not in done]
+    bar = tqdm(total=len(todo), unit="response", desc="binary labels", disable=not progress, dynamic_ncols=True)
+    stamp = constitution.stamp() if constitution is not None and not question else {}
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        standards = [standard_for(constitution, question, s.id, seed) for s in batch]
+        contexts = [single_context(spec, constitution, engine, s.prompt, s.response, st) for s, st in zip(batch, standards)]
+        logprobs = engine.score_options(contexts, list(spec.options))
+        records = []
+        for s, st, lp in zip(batch, standards, logprobs):
+            p_yes, p_good = desirable_probability(lp, st.invert)
+            records.append({
+                "id": s.id, "source_id": s.source_id, "prompt": s.prompt, "response": s.response,
+                "p_yes": p_yes, "p_desirable": p_good, "label": p_good >= 0.5, "confidence": max(p_good, 1 - p_good),
+                "principle_ids": [st.id], "inverted": [st.invert], "logprobs": lp, "options": list(spec.options),
+                "template": template, "labeler_model": engine.model_id, "engine": engine.name, **stamp,
+                "seed": seed, "source": s.meta,
+            })
+        run.append(records)
+        bar.update(len(batch))
+    bar.close()
+    records = list(run.records())
+    summary = {
+        "responses": len(records),
+        "desirable": sum(r["label"] for r in records),
+        "mean_confidence": sum(r["confidence"] for r in records) / len(records) if records else None,
+        "exports": export_kto(run.path, min_margin=min_margin),
+    }
+    (run.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,119 @@
+"""Exports of label runs in the column layouts TRL's trainers read, plus run summaries.
+
+RUN_DIR/exports/ gets a JSONL file and a Hugging Face ``datasets`` folder (``save_to_disk``) of:
+- prefs:  prompt / chosen / rejected / p_chosen — chosen is the response with p ≥ 0.5;
+          ``min_margin`` drops near-ties (|p − 0.5| < margin)
+- kto:    prompt / completion / label (+ p_desirable, confidence) from binary labels
+- scores: prompt / completion / score in [-1, 1] from direct scores
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+KEEP = ("labeler_model", "engine", "template", "constitution", "constitution_hash", "principle_ids", "seed", "source_id")
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _write(run_dir: Path, name: str, rows: list[dict]) -> dict:
+    """exports/<name>.jsonl (atomically replaced) and exports/<name>/ (a datasets folder)."""
+    out = Path(run_dir) / "exports"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.jsonl"
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    folder = out / name
+    if rows:
+        from datasets import Dataset
+
+        Dataset.from_list(rows).save_to_disk(str(folder))
+    return {"jsonl": str(path), "dataset": str(folder) if rows else None, "rows": len(rows)}
+
+
+def preference_rows(records: Iterable[dict], min_margin: float = 0.0) -> list[dict]:
+    if not 0.0 <= min_margin <= 0.5:
+        raise ValueError(f"min_margin must be between 0 and 0.5, got {min_margin}")
+    rows = []
+    for r in records:
+        p = r["p_a"]
+        if abs(p - 0.5) < min_margin:
+            continue
+        a_wins = p >= 0.5
+        rows.append({
+            "id": r["id"], "prompt": r["prompt"],
+            "chosen": _assistant(r["response_a"] if a_wins else r["response_b"]),
+            "rejected": _assistant(r["response_b"] if a_wins else r["response_a"]),
+            "p_chosen": p if a_wins else 1.0 - p,
+            "position_flip": r.get("position_flip"),
+            **{k: r[k] for k in KEEP if k in r},
+        })
+    return rows
+
+
+def export_preferences(run_dir: str | Path, min_margin: float = 0.0) -> dict:
+    return _write(Path(run_dir), "prefs", preference_rows(_read_records(run_dir), min_margin))
+
+
+def kto_rows(records: Iterable[dict], min_margin: float = 0.0) -> list[dict]:
+    rows = []
+    for r in records:
+        if abs(r["p_desirable"] - 0.5) < min_margin:
+            continue
+        rows.append({
+            "id": r["id"], "prompt": r["prompt"], "completion": _assistant(r["response"]), "label": r["label"],
+            "p_desirable": r["p_desirable"], "confidence": r["confidence"], **{k: r[k] for k in KEEP if k in r},
+        })
+    return rows
+
+
+def export_kto(run_dir: str | Path, min_margin: float = 0.0) -> dict:
+    return _write(Path(run_dir), "kto", kto_rows(_read_records(run_dir), min_margin))
+
+
+def score_rows(records: Iterable[dict]) -> list[dict]:
+    return [{
+        "id": r["id"], "prompt": r["prompt"], "completion": _assistant(r["response"]), "score": r["score"],
+        "expected_rating": r["expected_rating"], **{k: r[k] for k in KEEP if k in r},
+    } for r in records]
+
+
+def export_scores(run_dir: str | Path) -> dict:
+    return _write(Path(run_dir), "scores", score_rows(_read_records(run_dir)))
+
+
+def _read_records(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "records.jsonl"
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def preference_summary(records: Iterable[dict]) -> dict:
+    """Counts over a preference run: position flips, how decisive the labels are, and agreement
+    with the input's own chosen/rejected labels when it had them."""
+    records = list(records)
+    n = len(records)
+    both = [r for r in records if r.get("position_flip") is not None]
+    flips = sum(1 for r in both if r["position_flip"])
+    with_input = [r for r in records if r.get("input_chosen") == "a"]
+    summary = {
+        "comparisons": n,
+        "scored_both_orders": len(both),
+        "position_flips": flips,
+        "position_flip_rate": flips / len(both) if both else None,
+        "mean_p_a": sum(r["p_a"] for r in records) / n if n else None,
+        "mean_margin": sum(abs(r["p_a"] - 0.5) for r in records) / n if n else None,
+    }
+    if with_input:
+        summary["agreement_with_input_chosen"] = sum(r["p_a"] >= 0.5 for r in with_input) / len(with_input)
+    return summary

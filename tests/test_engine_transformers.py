@@ -1,0 +1,204 @@
+"""The transformers engine against naive, one-prompt-at-a-time references on a tiny random Llama."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from generators.engines import GenerationParams, load_engine
+from generators.engines.base import Engine
+
+
+@pytest.fixture(scope="module")
+def lively_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny Llama with large random weights. At the default init scale its tied embeddings make
+    greedy decoding repeat the prompt's last token forever, which would hide padding bugs; with
+    std 0.5 weights every prompt gets its own varied, sharply peaked continuation."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("lively") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def engine(lively_model_dir):
+    return load_engine("transformers", str(lively_model_dir), batch_size=4)
+
+
+CHATS = [
+    [{"role": "user", "content": "hi"}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Tell me a long story about a cat who learns to sail across the ocean."}],
+    [{"role": "user", "content": "What is two plus two?"}],
+]
+RAW = ["Hello there, how are you doing today my friend?", "x", "The quick brown fox jumps over"]
+
+
+def naive_greedy(engine, request, max_new_tokens):
+    """One prompt, no padding: what batched greedy decoding must reproduce."""
+    text = engine.render_chat(request) if isinstance(request, list) else request
+    ids = engine.tokenizer(text, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        out = engine.model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=engine.pad_token_id, eos_token_id=engine.eos_token_ids,
+        )
+    return out[0, ids.shape[1]:].tolist()
+
+
+def naive_logprob(engine, context, continuation):
+    """Full logits of the unpadded concatenation, summed over the continuation positions."""
+    ctx = engine.tokenizer(context).input_ids
+    cont = engine.tokenizer(continuation, add_special_tokens=False).input_ids
+    ids = torch.tensor([ctx + cont])
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(engine.model(ids).logits.float(), dim=-1)[0]
+    return sum(logprobs[len(ctx) + j - 1, t].item() for j, t in enumerate(cont))
+
+
+def test_satisfies_protocol(engine):
+    assert isinstance(engine, Engine)
+    assert engine.can_score and engine.name == "transformers"
+    assert engine.model_id.endswith("model")  # what the user passed, recorded on every record
+
+
+def test_greedy_batched_equals_unbatched_in_request_order(engine):
+    requests = CHATS + RAW  # different lengths, mixed chats and raw strings, batch_size 4 → 2 batches
+    params = GenerationParams(max_new_tokens=10, temperature=0)
+    completions = engine.generate(requests, params)
+    assert len(completions) == len(requests)
+    for request, completion in zip(requests, completions):
+        reference = naive_greedy(engine, request, 10)
+        text = engine.tokenizer.decode(reference, skip_special_tokens=True)
+        assert completion.text == text
+        prompt = engine.render_chat(request) if isinstance(request, list) else request
+        assert completion.prompt_tokens == len(engine.tokenizer(prompt).input_ids)
+        eos_at = [i for i, t in enumerate(reference) if t in engine.eos_token_ids]
+        if eos_at:
+            assert (completion.completion_tokens, completion.finish_reason) == (eos_at[0] + 1, "stop")
+        else:
+            assert (completion.completion_tokens, completion.finish_reason) == (10, "length")
+
+
+def test_eos_ends_a_row_and_counts(engine, lively_model_dir, tmp_path):
+    """Declare the 3rd token greedy decoding emits an extra EOS: that row must stop there, count
+    3 tokens, say "stop", and not show the EOS token in its text; other rows are unaffected."""
+    import json
+    import shutil
+
+    params = GenerationParams(max_new_tokens=8, temperature=0)
+    free = [naive_greedy(engine, r, 8) for r in RAW]
+    third = free[0][2]
+    assert third not in free[0][:2], "pick a prompt whose 3rd token is new"
+    folder = tmp_path / "eos-model"
+    shutil.copytree(lively_model_dir, folder)
+    config_path = folder / "generation_config.json"
+    config = json.loads(config_path.read_text())
+    config["eos_token_id"] = engine.eos_token_ids + [third]
+    config_path.write_text(json.dumps(config))
+    eng = load_engine("transformers", str(folder), batch_size=2)
+    completions = eng.generate(RAW, params)
+    assert completions[0].completion_tokens == 3 and completions[0].finish_reason == "stop"
+    assert completions[0].text == eng.tokenizer.decode(free[0][:2], skip_special_tokens=True)
+    for tokens, completion in zip(free[1:], completions[1:]):
+        n = tokens.index(third) + 1 if third in tokens else 8
+        assert completion.completion_tokens == n
+        assert completion.finish_reason == ("stop" if third in tokens else "length")
+
+
+def test_seeded_sampling_is_reproducible(engine):
+    params = GenerationParams(max_new_tokens=12, temperature=1.0, top_p=0.95, seed=7)
+    first = engine.generate(CHATS + RAW, params)
+    second = engine.generate(CHATS + RAW, params)
+    assert [c.text for c in first] == [c.text for c in second]
+    other = engine.generate(CHATS + RAW, GenerationParams(max_new_tokens=12, temperature=1.0, top_p=0.95, seed=8))
+    assert [c.text for c in first] != [c.text for c in other]
+
+
+def test_stop_strings_truncate_and_count(engine):
+    free = engine.generate(RAW, GenerationParams(max_new_tokens=16, temperature=0))
+    # Pick, per prompt, a stop string that appears in the middle of its unconstrained output.
+    checked = 0
+    for request, completion in zip(RAW, free):
+        text = completion.text
+        if len(text) < 4:
+            continue
+        stop = text[len(text) // 2 : len(text) // 2 + 2]
+        forwards = []
+        hook = engine.model.register_forward_hook(lambda *args: forwards.append(1))
+        try:
+            [stopped] = engine.generate([request], GenerationParams(max_new_tokens=16, temperature=0, stop=[stop, "\x00never"]))
+        finally:
+            hook.remove()
+        # Generation itself stopped at the stop string (one forward per new token), not at 16.
+        assert len(forwards) <= stopped.completion_tokens + 1 < 16
+        assert stopped.finish_reason == "stop"
+        assert stopped.text == text[: text.find(stop)]
+        assert stop not in stopped.text
+        assert 1 <= stopped.completion_tokens <= completion.completion_tokens
+        # the counted tokens are the fewest whose text reaches the stop string
+        reference = naive_greedy(engine, request, 16)
+        upto = engine.tokenizer.decode(reference[: stopped.completion_tokens], skip_special_tokens=True)
+        before = engine.tokenizer.decode(reference[: stopped.completion_tokens - 1], skip_special_tokens=True)
+        assert stop in upto and stop not in before
+        checked += 1
+    assert checked >= 2
+
+
+def test_score_equals_naive_reference(engine):
+    contexts = [engine.render_chat(c) for c in CHATS] + RAW + ["Options: (A) or (B). The answer is:"]
+    continuations = [" yes", " The answer is (A).", "Sure, here", " jumps", " hello world", " (B)", " (A)"]
+    got = engine.score(contexts, continuations)
+    for c, x, g in zip(contexts, continuations, got):
+        assert g == pytest.approx(naive_logprob(engine, c, x), abs=1e-4)
+    assert engine.score(["abc"], [""]) == [0.0]
+
+
+def test_score_options_single_token_path(engine):
+    contexts = [engine.render_chat(c) for c in CHATS] + RAW
+    options = ["A", "B", " yes", " no"]  # each one token, distinct: the one-forward path
+    assert all(len(engine.tokenizer(o, add_special_tokens=False).input_ids) == 1 for o in options)
+    got = engine.score_options(contexts, options)
+    for context, row in zip(contexts, got):
+        assert row == pytest.approx([naive_logprob(engine, context, o) for o in options], abs=1e-4)
+
+
+def test_score_options_multi_token_path(engine):
+    contexts = [engine.render_chat(c) + "The better answer is" for c in CHATS] + RAW
+    options = [" (A)", " (B)", " neither of them"]
+    assert len(engine.tokenizer(" (A)", add_special_tokens=False).input_ids) == 3
+    got = engine.score_options(contexts, options)
+    for context, row in zip(contexts, got):
+        assert row == pytest.approx([naive_logprob(engine, context, o) for o in options], abs=1e-4)
+
+
+def test_bad_input_errors(engine):
+    with pytest.raises(ValueError, match="one continuation per context"):
+        engine.score(["a", "b"], ["c"])
+    with pytest.raises(ValueError, match="no tokens"):
+        engine.score_options(["a"], [" (A)", ""])
+    with pytest.raises(TypeError, match="string or a list of chat messages"):
+        engine.generate([42], GenerationParams(max_new_tokens=2))
+    with pytest.raises(ValueError, match="dtype"):
+        load_engine("transformers", "unused", dtype="float8")
+
+
+@pytest.mark.slow
+def test_embedded_model_smoke(embedded_model_dir):
+    eng = load_engine("transformers", "smollm2-135m")
+    chats = [[{"role": "user", "content": "What is the capital of France?"}], [{"role": "user", "content": "Say hello."}]]
+    out = eng.generate(chats, GenerationParams(max_new_tokens=8, temperature=0))
+    assert len(out) == 2 and all(c.completion_tokens >= 1 and c.text for c in out)
+    assert "Paris" in out[0].text
+    context = eng.render_chat(chats[0]) + "The capital of France is"
+    paris, london = eng.score_options([context], [" Paris", " London"])[0]
+    assert paris > london

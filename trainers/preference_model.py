@@ -1,0 +1,258 @@
+"""Preference model (RL-CAI's reward model): a causal-LM backbone with a scalar head, trained with the
+soft-label Bradley–Terry loss on AI preference labels.
+
+Data: rows with ``prompt`` (messages), ``chosen`` / ``rejected`` (assistant messages) and optionally
+``p_chosen`` = P(chosen ≻ rejected) from the AI labeler (absent → 1.0, a hard label). The model is
+``AutoModelForSequenceClassification(num_labels=1)`` built on the backbone; the reward of a chat is
+the head's output at its last non-pad token, so the saved folder loads back with
+``AutoModelForSequenceClassification.from_pretrained(OUT)`` and scores any chat the same way.
+
+Evaluation (held-out split): pairwise accuracy against the hard labels (p_chosen ≥ 0.5 means chosen
+wins; exact ties 0.5 are left out) and calibration: the expected calibration error (ECE) of
+σ(r_chosen − r_rejected) against the soft labels and against the hard labels, with a reliability
+plot written to OUT/calibration.png.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainers.common import (
+    MetricsLogger,
+    TrainConfig,
+    config_to_dict,
+    load_checkpoint,
+    load_model_and_tokenizer,
+    make_accelerator,
+    make_optimizer_and_scheduler,
+    model_options,
+    opt,
+    plan_steps,
+    progress_bar,
+    resume_checkpoint,
+    save_checkpoint,
+    save_final_model,
+    set_seed,
+)
+from trainers.data import LengthReport, load_rows, load_training_rows, pad_right, split_eval, tokenize_messages, validate_rows
+
+
+@dataclass
+class PMConfig(TrainConfig):
+    """Options of `cai train pm` (plus those of TrainConfig)."""
+
+    lr: float = opt(1e-5, "peak learning rate (AdamW)")
+    calibration_bins: int = opt(10, "equal-width bins of σ(margin) for the ECE and the reliability plot")
+
+
+# ---------------------------------------------------------------- data → token pairs
+
+
+def tokenize_pairs(rows: list[dict[str, Any]], tokenizer, report: LengthReport) -> list[dict[str, Any]]:
+    """Each row → ``{"id", "chosen_ids", "rejected_ids", "p"}``: prompt + response rendered with the
+    chat template; both sides of a pair are kept or dropped together under --max-length."""
+    pairs = []
+    for row in rows:
+        prompt = row["prompt"]
+        chosen = tokenize_messages(tokenizer, prompt + row["chosen"], train_from=len(prompt))
+        rejected = tokenize_messages(tokenizer, prompt + row["rejected"], train_from=len(prompt))
+        fitted = report.fit(row, chosen, rejected)
+        if fitted is not None:
+            p = row.get("p_chosen")
+            pairs.append({"id": row.get("id"), "chosen_ids": fitted[0][0], "rejected_ids": fitted[1][0],
+                          "p": 1.0 if p is None else float(p)})
+    return pairs
+
+
+def pair_rewards(model, pairs: list[dict[str, Any]], pad_token_id: int, device):
+    """(r_chosen [B], r_rejected [B], p [B]): one forward pass over the 2B right-padded chats."""
+    import torch
+
+    sequences = [p["chosen_ids"] for p in pairs] + [p["rejected_ids"] for p in pairs]
+    input_ids = pad_right(sequences, pad_token_id).to(device)
+    attention_mask = pad_right([[1] * len(s) for s in sequences], 0).to(device)
+    rewards = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.squeeze(-1).float()
+    p = torch.tensor([pair["p"] for pair in pairs], dtype=torch.float32, device=device)
+    return rewards[: len(pairs)], rewards[len(pairs) :], p
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def expected_calibration_error(predicted, target, bins: int) -> tuple[float, list[dict[str, float]]]:
+    """ECE = Σ_b (n_b / N) · |mean(predicted in b) − mean(target in b)| over equal-width bins of the
+    predicted probability; returns it and the per-bin table (for the reliability plot)."""
+    import numpy as np
+
+    predicted, target = np.asarray(predicted, dtype=float), np.asarray(target, dtype=float)
+    index = np.minimum((predicted * bins).astype(int), bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            gap = abs(predicted[members].mean() - target[members].mean())
+            ece += members.mean() * gap
+            table.append({"bin": b, "count": int(members.sum()), "predicted": float(predicted[members].mean()),
+                          "target": float(target[members].mean())})
+    return float(ece), table
+
+
+def evaluate_pairs(model, pairs: list[dict[str, Any]], config: PMConfig, pad_token_id: int, device) -> dict[str, Any]:
+    """Loss, pairwise accuracy vs hard labels, mean margin, and ECE vs soft and hard labels."""
+    import torch
+
+    from trainers.losses import soft_bt_loss
+
+    model.eval()
+    margins, labels = [], []
+    with torch.no_grad():
+        for start in range(0, len(pairs), config.batch_size):
+            r_c, r_r, p = pair_rewards(model, pairs[start : start + config.batch_size], pad_token_id, device)
+            margins.append(r_c - r_r)
+            labels.append(p)
+    model.train()
+    margin, p = torch.cat(margins).cpu(), torch.cat(labels).cpu()
+    decided = p != 0.5
+    hard = (p > 0.5).float()
+    predicted = torch.sigmoid(margin)
+    ece_soft, table_soft = expected_calibration_error(predicted.numpy(), p.numpy(), config.calibration_bins)
+    ece_hard, table_hard = expected_calibration_error(predicted[decided].numpy(), hard[decided].numpy(), config.calibration_bins)
+    accuracy = ((margin[decided] > 0).float() == hard[decided]).float().mean().item() if decided.any() else None
+    return {
+        "loss": soft_bt_loss(margin, torch.zeros_like(margin), p).item(),
+        "accuracy": accuracy,
+        "mean_margin": margin.mean().item(),
+        "mean_abs_margin": margin.abs().mean().item(),
+        "ece_soft": ece_soft,
+        "ece_hard": ece_hard if decided.any() else None,
+        "calibration_table": {"soft": table_soft, "hard": table_hard},
+        "pairs": len(pairs),
+    }
+
+
+def plot_calibration(tables: dict[str, list[dict[str, float]]], path: Path) -> None:
+    """Reliability diagram: mean predicted σ(margin) per bin vs the mean label in that bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    axes.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
+    for name, table in tables.items():
+        if table:
+            axes.plot([r["predicted"] for r in table], [r["target"] for r in table], marker="o", label=f"vs {name} labels")
+    axes.set_xlabel("predicted P(chosen ≻ rejected) = σ(margin)")
+    axes.set_ylabel("label (mean per bin)")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.legend(loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_preference_model(config: PMConfig) -> dict[str, Any]:
+    """Train a preference model on ``config.data``; returns the run summary (also OUT/summary.json)."""
+    from trainers.losses import soft_bt_loss
+
+    set_seed(config.seed)
+    rows, mix = load_training_rows(config.data, "preference", config.seed)
+    if config.eval_data:
+        eval_rows = load_rows(config.eval_data, "preference")
+        validate_rows(eval_rows, "preference")
+    else:
+        rows, eval_rows = split_eval(rows, config.eval_fraction, config.seed)
+
+    model, tokenizer = load_model_and_tokenizer(config.model, head="score", **model_options(config))
+    train_report = LengthReport(config.max_length, config.on_long, "train")
+    eval_report = LengthReport(config.max_length, config.on_long, "eval")
+    train_pairs = tokenize_pairs(rows, tokenizer, train_report)
+    eval_pairs = tokenize_pairs(eval_rows, tokenizer, eval_report)
+    for message in (train_report.message(), eval_report.message()):
+        if message:
+            print(message)
+
+    accelerator = make_accelerator(config)
+    plan = plan_steps(len(train_pairs), config)
+    optimizer, scheduler = make_optimizer_and_scheduler(model, config, plan.total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    start_step = 0
+    checkpoint = resume_checkpoint(config)
+    if checkpoint is not None:
+        start_step = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler, config, plan)["step"]
+        print(f"resuming from {checkpoint} (step {start_step} of {plan.total_steps})")
+    logger = MetricsLogger(config.out, config, resume_step=start_step)
+    pad_id, device = tokenizer.pad_token_id, accelerator.device
+    initial_eval = evaluate_pairs(model, eval_pairs, config, pad_id, device) if eval_pairs and start_step == 0 else None
+    if initial_eval is not None:
+        logger.log(0, {f"eval_{k}": v for k, v in initial_eval.items() if k != "calibration_table"})
+
+    bar = progress_bar(plan.total_steps, start_step, "pm", config.quiet)
+    stop_at = plan.total_steps if config.stop_after_steps is None else min(plan.total_steps, start_step + config.stop_after_steps)
+    for step in range(start_step, stop_at):
+        began = time.perf_counter()
+        micro_batches = plan.micro_batches(step)
+        step_pairs = sum(len(b) for b in micro_batches)
+        step_loss, correct, margin_sum = 0.0, 0, 0.0
+        for indices in micro_batches:
+            r_chosen, r_rejected, p = pair_rewards(model, [train_pairs[i] for i in indices], pad_id, device)
+            # weight by pairs, so the step's loss is the mean over all its pairs
+            loss = soft_bt_loss(r_chosen, r_rejected, p) * (len(indices) / step_pairs)
+            accelerator.backward(loss)
+            step_loss += loss.item()
+            margin = (r_chosen - r_rejected).detach()
+            correct += int(((margin > 0) == (p >= 0.5)).sum())
+            margin_sum += margin.sum().item()
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if config.max_grad_norm > 0 else None
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        metrics = {"loss": step_loss, "accuracy": correct / step_pairs, "margin": margin_sum / step_pairs,
+                   "lr": scheduler.get_last_lr()[0], "pairs_per_s": step_pairs / (time.perf_counter() - began),
+                   "epoch": plan.epoch_of(step)}
+        if grad_norm is not None:
+            metrics["grad_norm"] = float(grad_norm)
+        if config.eval_every and eval_pairs and (step + 1) % config.eval_every == 0:
+            evaluated = evaluate_pairs(model, eval_pairs, config, pad_id, device)
+            metrics.update({f"eval_{k}": v for k, v in evaluated.items() if k != "calibration_table"})
+        logger.log(step + 1, metrics)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", acc=f"{metrics['accuracy']:.2f}")
+        if (step + 1) % config.save_every == 0 or (step + 1 == stop_at and stop_at < plan.total_steps):
+            save_checkpoint(config.out, step + 1, accelerator, model, optimizer, scheduler, config, plan)
+    bar.close()
+    if stop_at < plan.total_steps:
+        logger.close()
+        print(f"stopped after step {stop_at} of {plan.total_steps} (--stop-after-steps); rerun the same command to continue")
+        return {"stopped_at_step": stop_at, "total_steps": plan.total_steps, "out": config.out}
+
+    final_eval = evaluate_pairs(model, eval_pairs, config, pad_id, device) if eval_pairs else None
+    if final_eval is not None:
+        logger.log(plan.total_steps, {f"eval_{k}": v for k, v in final_eval.items() if k != "calibration_table"})
+    logger.close()
+    summary = {
+        "trainer": "pm",
+        "steps": plan.total_steps,
+        "train_pairs": len(train_pairs),
+        "eval_pairs": len(eval_pairs),
+        "initial_eval": initial_eval,
+        "final_eval": final_eval,
+        "data": mix,
+        "length": {"train": train_report.summary(), "eval": eval_report.summary()},
+        "config": config_to_dict(config),
+        "device": str(device),
+    }
+    save_final_model(config.out, accelerator, model, tokenizer, summary)
+    if final_eval is not None and accelerator.is_main_process:
+        plot_calibration(final_eval["calibration_table"], Path(config.out) / "calibration.png")
+        summary["calibration_plot"] = str(Path(config.out) / "calibration.png")
+    return summary

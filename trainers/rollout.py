@@ -1,0 +1,215 @@
+"""Rollouts for online RL (PPO / RLOO): sample responses from the policy, then score them token by token.
+
+Plumbing, not algorithm: ``trainers/ppo.py`` calls these and feeds the tensors to the pure losses in
+``trainers/losses.py``. Conventions (shared with the losses):
+
+- prompts are left-padded ``[B, P]`` (so every response starts at column ``P``), responses are
+  ``[B, R]`` with ``response_mask`` 1 up to and including the first EOS and 0 after it;
+- a response that never emitted EOS within ``max_new_tokens`` is ``finished = False`` (its whole
+  length counts, and ``--missing-eos-penalty`` may be subtracted from its score);
+- log-probs are computed from ``logits / temperature``: the distribution the tokens were sampled from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor  # [B, P] left-padded
+    prompt_mask: torch.Tensor  # [B, P] 1 on real prompt tokens
+    response_ids: torch.Tensor  # [B, R] sampled tokens (pad after EOS)
+    response_mask: torch.Tensor  # [B, R] 1 up to and including the first EOS
+    finished: torch.Tensor  # [B] bool: the response ended with EOS (not cut at max_new_tokens)
+    response_texts: list[str]  # decoded response, special tokens dropped
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+    def select(self, index: torch.Tensor | list[int]) -> "Rollout":
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return Rollout(
+            self.prompt_ids[idx], self.prompt_mask[idx], self.response_ids[idx], self.response_mask[idx],
+            self.finished[idx], [self.response_texts[i] for i in idx.tolist()],
+        )
+
+
+def render_prompt_ids(tokenizer, conversations: list[list[dict]], max_prompt_tokens: int) -> list[list[int]]:
+    """Each conversation through the tokenizer's chat template (with the assistant cue), as token ids.
+
+    Too-long prompts keep their LAST ``max_prompt_tokens`` tokens (the end holds the question and the
+    assistant cue). A tokenizer without a chat template is an error: RL on raw text would train the
+    policy on a format it will never be used with.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "the policy's tokenizer has no chat template; PPO samples chat responses. "
+            "Use an instruct model (or add a chat_template to its tokenizer_config.json)."
+        )
+    out = []
+    for messages in conversations:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        out.append(ids[-max_prompt_tokens:])
+    return out
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists to ``[B, max_len]``: ``(ids, mask)``."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS and the generation config's (may be a list)."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        ids.update(int(i) for i in (gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]))
+    if not ids:
+        raise ValueError("the policy has no EOS token (neither tokenizer.eos_token_id nor generation_config.eos_token_id)")
+    return sorted(ids)
+
+
+def mask_after_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mask, finished)``: mask is 1 up to and including the first EOS of each row, 0 after it."""
+    is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device))
+    # number of EOS strictly before position t: a token counts while none came before it
+    eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
+    mask = (eos_before == 0).long()
+    return mask, is_eos.any(dim=1)
+
+
+@torch.no_grad()
+def sample_rollout(
+    model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int, temperature: float,
+    eos_ids: list[int], pad_id: int,
+) -> Rollout:
+    """Sample one response per prompt (pure sampling: no top-k / top-p, so log-probs match the sampler)."""
+    ids, mask = left_pad(prompt_ids, pad_id)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+            do_sample=True, temperature=temperature, top_k=0, top_p=1.0, eos_token_id=eos_ids,
+            pad_token_id=pad_id, use_cache=True,
+        )
+    finally:
+        model.train(was_training)
+    response_ids = out[:, ids.shape[1] :].cpu()
+    if response_ids.shape[1] == 0:  # cannot happen with max_new_tokens >= 1, but keep shapes sane
+        response_ids = torch.full((len(prompt_ids), 1), pad_id, dtype=torch.long)
+    response_mask, finished = mask_after_eos(response_ids, eos_ids)
+    texts = tokenizer.batch_decode(response_ids * response_mask + pad_id * (1 - response_mask), skip_special_tokens=True)
+    return Rollout(ids, mask, response_ids, response_mask, finished, [t.strip() for t in texts])
+
+
+# ---- per-token log-probs and values -----------------------------------------------------------------
+
+
+class ValueHead(nn.Module):
+    """A linear read-out of the backbone's last hidden state: one scalar value per position."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.linear.weight, std=1.0 / (hidden_size + 1))
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)
+
+
+def split_causal_lm(model) -> tuple[nn.Module, nn.Module]:
+    """``(backbone, lm_head)`` of a causal LM, through a peft wrapper if there is one (LoRA layers live
+    inside the backbone, so calling it directly still applies — or, under ``disable_adapter()``, skips — them)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def backbone_hidden(backbone: nn.Module, roll: Rollout, device) -> torch.Tensor:
+    """Last hidden state at the positions that PREDICT each response token: ``[B, R, H]``.
+
+    Column ``P − 1 + t`` of prompt+response predicts response token ``t``. Position ids count only real
+    tokens (left padding would otherwise shift every position), matching what ``generate`` used.
+    """
+    input_ids = torch.cat([roll.prompt_ids, roll.response_ids], dim=1).to(device)
+    attention = torch.cat([roll.prompt_mask, torch.ones_like(roll.response_mask)], dim=1).to(device)
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, use_cache=False).last_hidden_state
+    P, R = roll.prompt_ids.shape[1], roll.response_ids.shape[1]
+    return hidden[:, P - 1 : P - 1 + R]
+
+
+def response_logprobs(
+    lm_head: nn.Module, hidden: torch.Tensor, response_ids: torch.Tensor, temperature: float, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(log π(token_t), entropy_t)`` per response token from the hidden states of :func:`backbone_hidden`.
+
+    Logits are computed only at the R response positions (not the prompt): the ``[B, T, V]`` logits of a
+    whole sequence are the largest tensor in RL fine-tuning.
+    """
+    from trainers.losses import entropy_from_logits
+
+    logits = lm_head(hidden).float() / temperature
+    targets = response_ids.to(logits.device).unsqueeze(-1)
+    logp = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
+    return logp, entropy
+
+
+def concat_rollouts(rolls: list[Rollout], pad_id: int) -> Rollout:
+    """Join rollouts generated in chunks (different widths): prompts left-padded, responses right-padded."""
+    if len(rolls) == 1:
+        return rolls[0]
+    P = max(r.prompt_ids.shape[1] for r in rolls)
+    R = max(r.response_ids.shape[1] for r in rolls)
+
+    def pad(t: torch.Tensor, width: int, value: int, left: bool) -> torch.Tensor:
+        extra = torch.full((t.shape[0], width - t.shape[1]), value, dtype=t.dtype)
+        return torch.cat([extra, t] if left else [t, extra], dim=1)
+
+    return Rollout(
+        torch.cat([pad(r.prompt_ids, P, pad_id, True) for r in rolls]),
+        torch.cat([pad(r.prompt_mask, P, 0, True) for r in rolls]),
+        torch.cat([pad(r.response_ids, R, pad_id, False) for r in rolls]),
+        torch.cat([pad(r.response_mask, R, 0, False) for r in rolls]),
+        torch.cat([r.finished for r in rolls]),
+        [t for r in rolls for t in r.response_texts],
+    )
+
+
+class PolicyAndValue(nn.Module):
+    """Everything PPO trains in one module (one optimizer, one checkpoint): the policy, and for PPO a value
+    head — on the policy's own backbone (shared, the default) or on a separate copy of it."""
+
+    def __init__(self, policy: nn.Module, value_head: ValueHead | None = None, value_backbone: nn.Module | None = None):
+        super().__init__()
+        self.policy, self.value_head, self.value_backbone = policy, value_head, value_backbone
+
+    def forward(self, roll: Rollout, temperature: float, with_values: bool = True, with_entropy: bool = False):
+        """``(log π per response token, values or None, entropy or None)``, each ``[B, R]``."""
+        device = next(self.parameters()).device
+        backbone, lm_head = split_causal_lm(self.policy)
+        hidden = backbone_hidden(backbone, roll, device)
+        logp, entropy = response_logprobs(lm_head, hidden, roll.response_ids, temperature, with_entropy)
+        values = None
+        if with_values and self.value_head is not None:
+            if self.value_backbone is not None:
+                hidden = backbone_hidden(self.value_backbone, roll, device)
+            values = self.value_head(hidden)
+        return logp, values, entropy
