@@ -70,6 +70,21 @@ class _Secret:
 
 
 class OpenAIEngine:
+    """Client for an OpenAI-compatible server.
+
+    model: the model name the server knows (sent as ``model``; recorded on every record).
+    base_url: e.g. http://localhost:8000/v1; default $OPENAI_BASE_URL, else that address.
+    api_key_env: name of the environment variable holding the key (absent is fine for local servers).
+    concurrency: requests in flight at once. timeout: seconds per request (connect, read, write).
+    max_retries: retries after the first attempt for 429/5xx/timeouts/dropped connections.
+    use_chat: chats go to /chat/completions (server applies its template); False renders them with
+        ``tokenizer`` and sends raw text to /completions.
+    tokenizer: HF id or folder of the served model's tokenizer, for ``render_chat`` (chat-form scoring).
+    option_scoring: "echo" (exact, one request per option) or "top_logprobs" (one request per context,
+        single-token options only).
+    backoff_base, backoff_max: exponential backoff in seconds; max_retry_after caps a server's Retry-After.
+    """
+
     name = "openai"
     can_score = True  # optimistic: a server that cannot return prompt log-probs fails on first use
 
