@@ -53,9 +53,8 @@ def test_sft_memorises_a_small_set_and_saves_a_loadable_model(tmp_path, tiny_mod
 
 
 def test_loss_ignores_everything_but_assistant_tokens(tmp_path, tiny_model_dir):
-    """Training on rows whose assistant turns are identical but whose user turns differ must give the
-    same loss as training on rows where the user turns are swapped for other text: user tokens carry
-    labels of -100 and contribute nothing."""
+    """The tokens that carry labels are exactly the assistant answers ("banana i apple<|im_end|>\n"):
+    system prompt, user turn and role headers are -100 and contribute nothing to the loss."""
     from transformers import AutoTokenizer
 
     from trainers.common import load_model_and_tokenizer
@@ -125,6 +124,28 @@ def test_resume_after_interruption_continues_the_same_loss_curve(tmp_path, tiny_
     assert [s for s, _ in curve(tmp_path / "resumed")] == [1]
 
 
+def test_lora_resumes_exactly_and_saves_a_merged_model(tmp_path, tiny_model_dir):
+    """LoRA checkpoints hold only the adapter; resume still reproduces the curve, and the final folder
+    is a plain merged model (no adapter files) that differs from the base."""
+    import torch
+    from safetensors.torch import load_file
+
+    data = [str(write_jsonl(tmp_path / "train.jsonl", sft_rows(8)))]
+    options = dict(data=data, max_steps=3, lora_r=4, lora_target_modules=["q_proj", "v_proj"], lr=5e-2)
+    train_sft(config(tmp_path, tiny_model_dir, out=str(tmp_path / "a"), **options))
+    train_sft(config(tmp_path, tiny_model_dir, out=str(tmp_path / "b"), stop_after_steps=1, **options))
+    adapter = load_file(tmp_path / "b" / "checkpoints" / "step-1" / "model.safetensors")
+    assert adapter and all("lora_" in name for name in adapter)
+    train_sft(config(tmp_path, tiny_model_dir, out=str(tmp_path / "b"), **options))
+    a = [m["loss"] for m in read_metrics(tmp_path / "a")]
+    assert [m["loss"] for m in read_metrics(tmp_path / "b")] == pytest.approx(a, abs=1e-5)
+    assert not (tmp_path / "a" / "adapter_config.json").exists()
+    merged, base = load_file(tmp_path / "a" / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
+    assert set(merged) == set(base)
+    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(merged["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+
+
 def test_eval_split_and_length_report_in_summary(tmp_path, tiny_model_dir):
     rows = sft_rows(6) + [{"id": "huge", "messages": [{"role": "user", "content": "x " * 200}, {"role": "assistant", "content": "ok"}]}]
     data = [str(write_jsonl(tmp_path / "train.jsonl", rows))]
@@ -165,7 +186,8 @@ def test_cli_sft_smoke_on_embedded_model(tmp_path, embedded_model_dir):
     write_jsonl(export / "sft.jsonl", rows)
     out = tmp_path / "sft"
     command = [str(CAI), "train", "sft", "--data", str(export), "--model", "smollm2-135m", "--out", str(out),
-               "--max-steps", "2", "--batch-size", "2", "--max-length", "96", "--on-long", "truncate", "--quiet"]
+               "--max-steps", "2", "--batch-size", "2", "--max-length", "96", "--on-long", "truncate", "--quiet",
+               "--eval-fraction", "0", "--lora-r", "8", "--lora-target-modules", "q_proj", "--lora-target-modules", "v_proj"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout[done.stdout.index("{"):])["steps"] == 2

@@ -96,8 +96,7 @@ def config_command(config_cls: type, target: str) -> Callable[..., None]:
         except (ConfigError, DataError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        shown = {k: v for k, v in summary.items() if k not in ("config", "data", "length")}
-        typer.echo(json.dumps(shown, indent=2, default=str))
+        typer.echo(json.dumps(_brief(summary), indent=2, default=str))
 
     command.__signature__ = inspect.Signature(params)
     return command
@@ -141,6 +140,45 @@ COMMANDS.append(("dpo", DPOConfig, "trainers.dpo:train_dpo", DPO_HELP))
 COMMANDS.append(("kto", KTOConfig, "trainers.kto:train_kto", KTO_HELP))
 
 
+def _brief(value: Any) -> Any:
+    """The summary without its bulky parts (config, data mix, tables); OUT/summary.json has them all."""
+    if isinstance(value, dict):
+        return {k: _brief(v) for k, v in value.items() if k not in ("config", "data", "length", "calibration_table")}
+    return value
+
+
 # Registration: keep this loop last, after every COMMANDS entry.
 for _name, _config_cls, _target, _help in COMMANDS:
     app.command(_name, help=_help)(config_command(_config_cls, _target))
+
+
+# ---- PPO / RLOO (trainers/ppo.py); registered here, after the loop above, so this stays an append.
+from trainers.ppo import PPOConfig  # noqa: E402  (config dataclass only: no torch at import)
+
+PPO_HELP = """Online RL against a preference model or a direct AI reward: PPO (GAE, value head, clipped
+surrogate, per-token KL penalty to the initial policy) or RLOO (k samples per prompt, leave-one-out
+baseline, sequence-level KL penalty, no value head).
+
+\b
+--reward is one of:
+  pm:PATH              a preference model from `cai train pm` (score = logit at the last token)
+  ai:LABELER_MODEL     d-RLAIF: the labeler's expected 1–10 rating, rescaled to [-1, 1]
+  py:module:function   your function(prompts: list[str], responses: list[str]) -> list[float]
+
+\b
+Examples:
+  cai train ppo --prompts data/red_team_prompts.jsonl --model runs/sft --reward pm:runs/pm --out runs/ppo
+  cai train ppo --prompts prompts.txt --model smollm2-135m --reward ai:smollm2-135m --out runs/rlaif \\
+      --iterations 50 --batch-size 8 --max-new-tokens 64 --kl-coef 0.05 --target-kl 6
+  cai train ppo --prompts prompts.jsonl --model runs/sft --reward py:my_rewards:brevity --algo rloo \\
+      --rloo-k 4 --out runs/rloo --lora-r 16 --lr 1e-4
+  cai train ppo --config ppo.yaml --no-resume
+
+OUT gets the final policy + tokenizer (from_pretrained(OUT) loads it), metrics.jsonl (reward, kl,
+entropy, clip_fraction, value_loss, response_length, rollout_s / reward_s / update_s per iteration),
+samples.jsonl, ppo_curves.png and checkpoints/. Rerunning the same command continues from the latest
+checkpoint (policy, value head, optimizer, KL controller, reward statistics and RNG state).
+"""
+
+COMMANDS.append(("ppo", PPOConfig, "trainers.ppo:train_ppo", PPO_HELP))
+app.command("ppo", help=PPO_HELP)(config_command(PPOConfig, "trainers.ppo:train_ppo"))
