@@ -6,8 +6,8 @@ calls model.generate once per prompt (batch 1), same model, prompts, max_new_tok
 
 Both sides count generated tokens the same way: the new tokens of each prompt up to and including
 its EOS token (or max_new_tokens when there is none); padding is never counted. Model loading and a
-short warm-up run are not timed. The machine's other load shows up directly in both numbers, so run
-it on an idle machine when the figures matter.
+short warm-up run are not timed. The two sides alternate batch by batch, so load from other
+processes affects both; absolute figures still need an idle machine.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main() -> None:
 
     engine = TransformersEngine(args.model, batch_size=args.batch_size, device=args.device)
     chats = [[{"role": "user", "content": p}] for p in load_prompts(args.prompts)]
-    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     print(f"model {args.model} on {engine.device} ({engine.model.dtype}), torch threads {torch.get_num_threads()}, "
           f"{len(chats)} prompts, max_new_tokens {args.max_new_tokens}, temperature {args.temperature}, top_p {args.top_p}")
 
@@ -98,14 +98,21 @@ def main() -> None:
     engine.generate(chats[:2], GenerationParams(max_new_tokens=4, temperature=args.temperature, seed=0))
     naive_loop(engine, chats[:1], 4, args.temperature, args.top_p, 0)
 
-    start = time.perf_counter()
-    naive_tokens = naive_loop(engine, chats, args.max_new_tokens, args.temperature, args.top_p, args.seed)
-    naive_seconds = time.perf_counter() - start
+    # The two sides alternate, one engine batch of prompts at a time, so a shared machine's load
+    # changes hit both about equally instead of whichever ran second.
+    naive_tokens = batched_tokens = 0
+    naive_seconds = batched_seconds = 0.0
+    for group, start_index in enumerate(range(0, len(chats), args.batch_size)):
+        part = chats[start_index : start_index + args.batch_size]
+        start = time.perf_counter()
+        naive_tokens += naive_loop(engine, part, args.max_new_tokens, args.temperature, args.top_p, args.seed + start_index)
+        naive_seconds += time.perf_counter() - start
 
-    start = time.perf_counter()
-    completions = engine.generate(chats, params)
-    batched_seconds = time.perf_counter() - start
-    batched_tokens = sum(c.completion_tokens for c in completions)
+        start = time.perf_counter()
+        part_params = GenerationParams(**{**params.to_dict(), "seed": args.seed + group})
+        batched_tokens += sum(c.completion_tokens for c in engine.generate(part, part_params))
+        batched_seconds += time.perf_counter() - start
+        print(f"  {start_index + len(part)}/{len(chats)} prompts: naive {naive_seconds:.1f} s, batched {batched_seconds:.1f} s", flush=True)
 
     naive_rate = naive_tokens / naive_seconds
     batched_rate = batched_tokens / batched_seconds

@@ -129,6 +129,7 @@ def sl_cai_command(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (created; rerun the same command to resume)."),
     rounds: int = typer.Option(1, help="Critique→revision rounds per prompt (the paper used 4)."),
     revision_only: bool = typer.Option(False, "--revision-only", help="Skip the critique turn: ask for the revision directly."),
+    few_shot: Optional[int] = typer.Option(None, "--few-shot", help="Show only the first N few-shot examples of the constitution (default all; each costs prompt tokens in every request)."),
     engine: str = typer.Option("transformers", help="Back end: transformers, openai or vllm."),
     model: str = typer.Option(DEFAULT_MODEL, help="Model: the embedded smollm2-135m, a local folder, or (for openai) the served model name."),
     base_url: Optional[str] = typer.Option(None, help="Server URL for --engine openai (e.g. http://localhost:8000/v1)."),
@@ -174,15 +175,17 @@ def sl_cai_command(
         raise _fail(f"constitution {cons.ref} has no critique_revision principles; SL-CAI needs at least one")
     if rounds < 1:
         raise _fail(f"--rounds must be ≥ 1, got {rounds}")
+    if few_shot is not None and few_shot < 0:
+        raise _fail(f"--few-shot must be ≥ 0, got {few_shot}")
     items = _read_prompts(prompts, limit, skip_bad_lines, rejects)
     params = _params(max_new_tokens, temperature, top_p, seed)
 
     named = SimpleNamespace(name=engine, model_id=model)  # what the identity needs, before the model loads
-    _precheck_run_dir(out, RUN_KIND, sl_cai_identity(cons, named, rounds=rounds, revision_only=revision_only, seed=seed, params=params), overwrite)
+    _precheck_run_dir(out, RUN_KIND, sl_cai_identity(cons, named, rounds=rounds, revision_only=revision_only, seed=seed, params=params, few_shot=few_shot), overwrite)
     eng = _load_engine(engine, model, batch_size=batch_size, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     try:
         summary = run_sl_cai(cons, items, eng, out, rounds=rounds, revision_only=revision_only, seed=seed, params=params,
-                             batch_size=batch_size, overwrite=overwrite, progress=not quiet)
+                             batch_size=batch_size, few_shot=few_shot, overwrite=overwrite, progress=not quiet)
         exported = export_sl_cai(out)
     except (RunDirError, ExportError, ValueError) as e:
         raise _fail(str(e)) from None

@@ -47,14 +47,15 @@ def draw_principle(constitution: Constitution, seed: int, prompt_id: str, round_
     return rng.choices(principles, weights=[p.weight for p in principles], k=1)[0]
 
 
-def few_shot_messages(constitution: Constitution, *, revision_only: bool = False) -> list[dict]:
-    """The constitution's few-shot exchanges as earlier user/assistant turns, shaped like the real one.
+def few_shot_messages(constitution: Constitution, *, revision_only: bool = False, limit: int | None = None) -> list[dict]:
+    """The constitution's few-shot exchanges (the first ``limit``, default all) as earlier
+    user/assistant turns, shaped like the real one.
 
     An example without a ``principle`` is shown with the first principle's requests (some request
     text must stand between the turns, and the first principle is the constitution's headline one).
     """
     messages: list[dict] = []
-    for ex in constitution.few_shot:
+    for ex in constitution.few_shot[:limit]:
         principle = constitution.critique_principle(ex.principle) if ex.principle else constitution.critique_revision[0]
         messages += [{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.response}]
         if not revision_only:
@@ -63,10 +64,10 @@ def few_shot_messages(constitution: Constitution, *, revision_only: bool = False
     return messages
 
 
-def conversation_prefix(constitution: Constitution, *, revision_only: bool = False) -> list[dict]:
+def conversation_prefix(constitution: Constitution, *, revision_only: bool = False, few_shot: int | None = None) -> list[dict]:
     """What stands before every real prompt: the system prompt (if any), then the few-shot turns."""
     system = [{"role": "system", "content": constitution.system_prompt}] if constitution.system_prompt else []
-    return system + few_shot_messages(constitution, revision_only=revision_only)
+    return system + few_shot_messages(constitution, revision_only=revision_only, limit=few_shot)
 
 
 def sampling_identity(params: GenerationParams) -> dict:
@@ -74,8 +75,9 @@ def sampling_identity(params: GenerationParams) -> dict:
     return {"max_new_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p, "stop": list(params.stop)}
 
 
-def sl_cai_identity(constitution: Constitution, engine: Engine, *, rounds: int, revision_only: bool, seed: int, params: GenerationParams) -> dict:
-    return {
+def sl_cai_identity(constitution: Constitution, engine: Engine, *, rounds: int, revision_only: bool, seed: int,
+                    params: GenerationParams, few_shot: int | None = None) -> dict:
+    identity = {
         "constitution": constitution.ref,
         "constitution_hash": constitution.content_hash,
         "model": engine.model_id,
@@ -84,7 +86,9 @@ def sl_cai_identity(constitution: Constitution, engine: Engine, *, rounds: int, 
         "revision_only": revision_only,
         "seed": seed,
         "params": sampling_identity(params),
+        "few_shot": len(constitution.few_shot[:few_shot]),  # how many examples each conversation shows
     }
+    return identity
 
 
 def stage_params(params: GenerationParams, seed: int, stage: str, ids: Sequence[str]) -> GenerationParams:
@@ -115,7 +119,7 @@ class _Stats:
 
 
 def _run_stage(engine: Engine, jobs: list[_InFlight], params: GenerationParams, stage: str, token_key: str, stats: _Stats):
-    """One batched engine call for every prompt of the chunk; appends the user request beforehand by the caller."""
+    """One batched engine call over the chunk's conversations (the caller has appended the request)."""
     completions = engine.generate([j.conversation for j in jobs], stage_params(params, params.seed or 0, stage, [j.item.id for j in jobs]))
     if len(completions) != len(jobs):
         raise RuntimeError(f"engine {engine.name!r} returned {len(completions)} completions for {len(jobs)} requests")
@@ -159,7 +163,7 @@ def _process_chunk(constitution, chunk: list[PromptItem], engine, prefix, *, rou
     return jobs
 
 
-def _record(job: _InFlight, constitution: Constitution, engine: Engine, *, seed: int, params: GenerationParams, revision_only: bool) -> dict:
+def _record(job: _InFlight, constitution: Constitution, engine: Engine, *, seed: int, params: GenerationParams, revision_only: bool, few_shot: int) -> dict:
     totals = {k: sum(t[k] for t in job.tokens.values()) for k in ("prompt_tokens", "completion_tokens")}
     record = {
         "id": job.item.id,
@@ -170,6 +174,7 @@ def _record(job: _InFlight, constitution: Constitution, engine: Engine, *, seed:
         "final_revision": job.rounds[-1]["revision"] if job.rounds else job.initial,
         "principle_ids": [r["principle_id"] for r in job.rounds],
         "revision_only": revision_only,
+        "few_shot": few_shot,
         "model": engine.model_id,
         "engine": engine.name,
         **constitution.stamp(),
@@ -194,13 +199,16 @@ def run_sl_cai(
     params: GenerationParams | None = None,
     batch_size: int = 8,
     chunk_size: int | None = None,
+    few_shot: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
     """Generate SL-CAI records for ``prompts`` into ``run_dir`` (resumable); returns a summary dict.
 
     ``chunk_size`` prompts (default ``batch_size * 4``) go through all stages together and are then
-    saved; an interrupted run loses at most the chunk in progress. Raises
+    saved; an interrupted run loses at most the chunk in progress. ``few_shot`` uses only the first
+    N few-shot examples of the constitution (default all; each costs prompt tokens in every request
+    of every stage). Raises
     :class:`generators.rundir.RunDirError` when ``run_dir`` was started with other settings.
     """
     from tqdm.auto import tqdm
@@ -211,11 +219,13 @@ def run_sl_cai(
         raise ValueError(f"constitution {constitution.ref} has no critique_revision principles; SL-CAI needs at least one")
     params = params or GenerationParams()
     chunk_size = chunk_size or max(1, batch_size) * CHUNK_BATCHES
-    identity = sl_cai_identity(constitution, engine, rounds=rounds, revision_only=revision_only, seed=seed, params=params)
+    if few_shot is not None and few_shot < 0:
+        raise ValueError(f"few_shot must be ≥ 0, got {few_shot}")
+    identity = sl_cai_identity(constitution, engine, rounds=rounds, revision_only=revision_only, seed=seed, params=params, few_shot=few_shot)
     rd = RunDir(run_dir, identity, overwrite=overwrite, kind=RUN_KIND)
     done = rd.done_ids()
     todo = [p for p in prompts if p.id not in done]
-    prefix = conversation_prefix(constitution, revision_only=revision_only)
+    prefix = conversation_prefix(constitution, revision_only=revision_only, few_shot=few_shot)
     stats = _Stats()
 
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), unit="prompt", desc="sl-cai", disable=not progress, dynamic_ncols=True)
@@ -227,7 +237,7 @@ def run_sl_cai(
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
             jobs = _process_chunk(constitution, chunk, engine, prefix, rounds=rounds, revision_only=revision_only, seed=seed, params=params, stats=stats, on_stage=on_stage)
-            rd.append(_record(j, constitution, engine, seed=seed, params=params, revision_only=revision_only) for j in jobs)
+            rd.append(_record(j, constitution, engine, seed=seed, params=params, revision_only=revision_only, few_shot=identity["few_shot"]) for j in jobs)
             bar.update(len(chunk))
             on_stage("saved")
     finally:

@@ -109,6 +109,7 @@ def preference_command(
     Resumable: rerunning the same command continues where it stopped. Writes RUN_DIR/records.jsonl,
     RUN_DIR/exports/prefs.jsonl and a datasets folder RUN_DIR/exports/prefs (prompt/chosen/rejected/p_chosen).
 
+    \b
     Examples:
       cai label preference runs/pairs --out runs/prefs
       cai label preference pairs.jsonl --out runs/prefs --ensemble 3 --min-margin 0.1
@@ -154,6 +155,7 @@ def binary_command(
 
     Writes RUN_DIR/records.jsonl and RUN_DIR/exports/kto.jsonl + datasets folder (prompt/completion/label).
 
+    \b
     Examples:
       cai label binary runs/pairs --out runs/kto
       cai label binary responses.jsonl --out runs/kto --question "Is the reply harmless and polite?"
@@ -191,6 +193,7 @@ def score_command(
 
     Writes RUN_DIR/records.jsonl and RUN_DIR/exports/scores.jsonl + datasets folder (prompt/completion/score).
 
+    \b
     Examples:
       cai label score runs/pairs --out runs/scores
       cai label score responses.jsonl --out runs/scores --question "Is the reply helpful and honest?"
@@ -227,6 +230,7 @@ def eval_command(
 ):
     """Agreement of a labeler with gold labels (raw order, swapped, both), position consistency and ECE.
 
+    \b
     Examples:
       cai label eval --gold data/gold/harmless_gold.jsonl --labeler-model smollm2-135m
       cai label eval --gold data/gold/anthropic_mc_sample.jsonl --out eval.jsonl --plot calibration.png

@@ -226,3 +226,19 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
     run_sl_cai(c, make_prompts(1), FakeEngine("other-model"), tmp_path / "run", params=PARAMS, overwrite=True, progress=False)
     assert [r["model"] for r in records(tmp_path / "run")] == ["other-model"]
 
+
+
+def test_few_shot_limit(tmp_path):
+    c = Constitution(
+        name="t", version="1",
+        critique_revision=[CritiqueRevisionPrinciple(id="p", critique="C", revision="R")],
+        few_shot=[FewShotExample(prompt=f"FS{i}", response="r", critique="c", revision="v") for i in range(3)],
+    )
+    assert len(conversation_prefix(c)) == 18 and len(conversation_prefix(c, few_shot=1)) == 6
+    assert conversation_prefix(c, few_shot=0) == []
+    engine = FakeEngine()
+    run_sl_cai(c, make_prompts(1), engine, tmp_path / "run", few_shot=1, params=PARAMS, progress=False)
+    assert engine.calls[0][0][0][0]["content"] == "FS0" and len(engine.calls[0][0][0]) == 7
+    assert records(tmp_path / "run")[0]["few_shot"] == 1
+    with pytest.raises(RunDirError, match="few_shot"):
+        run_sl_cai(c, make_prompts(1), FakeEngine(), tmp_path / "run", params=PARAMS, progress=False)

@@ -124,6 +124,23 @@ def test_seeded_sampling_is_reproducible(engine):
     assert [c.text for c in first] != [c.text for c in other]
 
 
+def test_model_generation_defaults_do_not_leak(engine, lively_model_dir, tmp_path):
+    """A Hub model's generation_config (penalties, top_k, do_sample) must not change our outputs:
+    the params recorded on every record are the whole sampling recipe."""
+    import json
+    import shutil
+
+    folder = tmp_path / "opinionated"
+    shutil.copytree(lively_model_dir, folder)
+    config_path = folder / "generation_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(do_sample=True, temperature=0.3, top_k=3, repetition_penalty=5.0, no_repeat_ngram_size=2)
+    config_path.write_text(json.dumps(config))
+    opinionated = load_engine("transformers", str(folder), batch_size=4)
+    for params in (GenerationParams(max_new_tokens=8, temperature=0), GenerationParams(max_new_tokens=8, temperature=1.0, seed=3)):
+        assert opinionated.generate(RAW, params) == engine.generate(RAW, params)
+
+
 def test_stop_strings_truncate_and_count(engine):
     free = engine.generate(RAW, GenerationParams(max_new_tokens=16, temperature=0))
     # Pick, per prompt, a stop string that appears in the middle of its unconstrained output.
@@ -174,11 +191,18 @@ def test_score_options_single_token_path(engine):
 
 def test_score_options_multi_token_path(engine):
     contexts = [engine.render_chat(c) + "The better answer is" for c in CHATS] + RAW
-    options = [" (A)", " (B)", " neither of them"]
+    options = [" (A)", " (B)", " neither of them"]  # shared first token, different lengths
     assert len(engine.tokenizer(" (A)", add_special_tokens=False).input_ids) == 3
     got = engine.score_options(contexts, options)
+    assert engine._shares_cache, "the shared-context (KV cache) path was used, not the per-pair fallback"
     for context, row in zip(contexts, got):
         assert row == pytest.approx([naive_logprob(engine, context, o) for o in options], abs=1e-4)
+    # the per-pair path (models whose cache cannot be shared) gives the same numbers
+    engine._shares_cache = False
+    try:
+        assert engine.score_options(contexts, options) == [pytest.approx(row, abs=1e-4) for row in got]
+    finally:
+        engine._shares_cache = True
 
 
 def test_bad_input_errors(engine):
@@ -190,6 +214,22 @@ def test_bad_input_errors(engine):
         engine.generate([42], GenerationParams(max_new_tokens=2))
     with pytest.raises(ValueError, match="dtype"):
         load_engine("transformers", "unused", dtype="float8")
+
+
+def test_max_length_keeps_prompt_tail_and_refuses_long_scores(lively_model_dir):
+    short = load_engine("transformers", str(lively_model_dir), max_length=12)
+    long_prompt = "one two three four five six seven eight nine ten eleven twelve"
+    ids = short.tokenizer(long_prompt).input_ids
+    assert len(ids) + 4 > 12
+    [completion] = short.generate([long_prompt], GenerationParams(max_new_tokens=4, temperature=0))
+    assert completion.prompt_tokens == 8  # the last 12 - 4 prompt tokens were kept
+    with torch.inference_mode():
+        tail = torch.tensor([ids[-8:]])
+        reference = short.model.generate(tail, attention_mask=torch.ones_like(tail), max_new_tokens=4, do_sample=False,
+                                         pad_token_id=short.pad_token_id, eos_token_id=short.eos_token_ids)[0, 8:]
+    assert completion.text == short.tokenizer.decode(reference, skip_special_tokens=True)
+    with pytest.raises(ValueError, match="longer than max_length 12"):
+        short.score([long_prompt], [" thirteen fourteen fifteen"])
 
 
 @pytest.mark.slow

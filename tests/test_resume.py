@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
+from cai_cli import app
 
 REPO = Path(__file__).resolve().parent.parent
 N_PROMPTS = 40
@@ -69,11 +72,12 @@ def test_sigkill_mid_run_then_resume(tmp_path, tiny_model_dir):
     ids = [json.loads(line)["id"] for line in records.read_text().splitlines()]
     assert sorted(ids) == [f"r{i:02d}" for i in range(N_PROMPTS)]  # every prompt exactly once
 
-    # another model, or an edited constitution, is refused (exit 2, a message, no traceback)
+    # another model, or an edited constitution, is refused (exit 2, a message, no traceback); in-process,
+    # since the refusal happens before any model loads
     other_model = [a if a != str(tiny_model_dir) else str(tmp_path / "other-model") for a in args]
-    refused = subprocess.run(cai_command() + other_model, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "model: was" in refused.stderr and "Traceback" not in refused.stderr
+    refused = CliRunner().invoke(app, other_model)
+    assert refused.exit_code == 2 and "model: was" in refused.output and "Traceback" not in refused.output
     constitution.write_text(CONSTITUTION.replace("Be kind.", "Be very kind."))
-    refused = subprocess.run(cai_command() + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "constitution_hash" in refused.stderr and "Traceback" not in refused.stderr
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "constitution_hash" in refused.output and "Traceback" not in refused.output
     assert len(records.read_text().splitlines()) == N_PROMPTS  # nothing written by a refused run

@@ -175,12 +175,15 @@ def test_lora_live_reference_is_the_adapter_free_policy(tmp_path, tiny_model_dir
     from trainers.dpo import train_dpo
 
     train = write_jsonl(tmp_path / "train.jsonl", preference_rows(16, seed=4))
-    losses = {}
+    losses, evals = {}, {}
     for mode in ("precompute", "live"):
         out = tmp_path / mode
-        train_dpo(dpo_config(tmp_path, tiny_model_dir, train, out=str(out), ref_mode=mode, max_steps=3, lora_r=4, lr=1e-2))
+        summary = train_dpo(dpo_config(tmp_path, tiny_model_dir, train, out=str(out), ref_mode=mode, max_steps=3,
+                                       lora_r=4, lr=1e-2, eval_data=str(train)))  # 2 eval batches
         losses[mode] = [m["loss"] for m in read_metrics(out) if "loss" in m]
+        evals[mode] = summary["final_eval"]["eval_rewards/margins"]
     assert losses["precompute"] == pytest.approx(losses["live"], abs=1e-5)
+    assert evals["precompute"] == pytest.approx(evals["live"], abs=1e-5)
     assert losses["live"][-1] < losses["live"][0]
 
 

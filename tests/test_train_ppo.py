@@ -89,14 +89,19 @@ def prompts_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def py_reward(tmp_path_factory) -> str:
-    """A ``py:module:function`` reward importable from a temporary folder."""
+def reward_module_dir(tmp_path_factory) -> Path:
+    """A folder holding the module ``ppo_test_rewards``, on sys.path while this file's tests run."""
     folder = tmp_path_factory.mktemp("reward-module")
     (folder / "ppo_test_rewards.py").write_text(REWARD_MODULE, encoding="utf-8")
     sys.path.insert(0, str(folder))
-    yield "py:ppo_test_rewards:target_fraction"
+    yield folder
     sys.path.remove(str(folder))
     sys.modules.pop("ppo_test_rewards", None)
+
+
+@pytest.fixture(scope="module")
+def py_reward(reward_module_dir) -> str:
+    return "py:ppo_test_rewards:target_fraction"
 
 
 def make_config(out: Path, prompts: Path, model: Path, reward: str, **overrides) -> PPOConfig:
@@ -205,3 +210,206 @@ def test_resume_after_a_crash_continues_exactly(tmp_path, ppo_run, prompts_file,
     assert ours.keys() == theirs.keys()
     for name in ours:
         assert torch.allclose(ours[name], theirs[name], atol=1e-6), name
+
+
+# ---- a preference model as the reward ---------------------------------------------------------------
+
+
+def train_tiny_preference_model(path: Path, steps: int = 80) -> Path:
+    """A tiny LlamaForSequenceClassification trained (soft-label Bradley–Terry) on synthetic pairs whose
+    chosen response holds more " cat" words than the rejected one; saved like `cai train pm` saves."""
+    import random
+
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from conftest import TOKENIZER_DIR
+    from trainers.losses import soft_bt_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    tokenizer.padding_side = "right"
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         pad_token_id=tokenizer.pad_token_id, num_labels=1)
+    torch.manual_seed(0)
+    pm = LlamaForSequenceClassification(config)
+    rng = random.Random(0)
+    others = [w.strip() for w in WORDS if w.strip() != TARGET]
+
+    def chat(n_target: int, n: int) -> str:
+        words = [TARGET] * n_target + [rng.choice(others) for _ in range(n - n_target)]
+        rng.shuffle(words)
+        messages = [{"role": "user", "content": rng.choice(PROMPTS)}, {"role": "assistant", "content": " ".join(words)}]
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+
+    optimizer = torch.optim.AdamW(pm.parameters(), lr=3e-3)
+    for _ in range(steps):
+        chosen, rejected = [], []
+        for _ in range(16):
+            n = rng.randint(1, 8)
+            a, b = rng.sample(range(n + 1), 2)
+            chosen.append(chat(max(a, b), n)), rejected.append(chat(min(a, b), n))
+        enc = tokenizer(chosen + rejected, return_tensors="pt", padding=True, add_special_tokens=False)
+        scores = pm(**enc).logits[:, 0]
+        loss = soft_bt_loss(scores[:16], scores[16:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.3, f"the tiny preference model did not learn its synthetic pairs (loss {loss.item():.3f})"
+    pm.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_ppo_raises_the_preference_model_score(tmp_path, prompts_file, policy_dir):
+    from trainers.rewards import PreferenceModelReward
+
+    pm_dir = train_tiny_preference_model(tmp_path / "pm")
+    # the reward reads the PM's logit at the last non-pad token of the chat, with the PM's tokenizer
+    reward = PreferenceModelReward(str(pm_dir), batch_size=2)
+    conversations = [[{"role": "user", "content": "Go on."}]] * 3
+    batched = reward(conversations, ["cat cat", "dog", "cat dog sun tree blue red"])
+    one_by_one = [reward(conversations[:1], [r])[0] for r in ["cat cat", "dog", "cat dog sun tree blue red"]]
+    assert batched == pytest.approx(one_by_one, abs=1e-4)
+    assert batched[0] > batched[1]
+
+    config = make_config(tmp_path / "ppo-pm", prompts_file, policy_dir, f"pm:{pm_dir}", iterations=8)
+    train_ppo(config)
+    rewards = rewards_of(Path(config.out))
+    print("pm scores", [round(r, 2) for r in rewards])
+    assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 1.0, f"the PM score did not rise: {rewards}"
+
+
+# ---- options: missing-EOS penalty, LoRA reference, separate value model, ai: reward --------------------
+
+
+
+def test_missing_eos_penalty_teaches_the_policy_to_finish(tmp_path, prompts_file, policy_dir):
+    config = make_config(tmp_path / "ppo-eos", prompts_file, policy_dir, "py:unused:unused", iterations=6,
+                         missing_eos_penalty=1.0, max_new_tokens=6)
+    train_ppo(config, reward_fn=lambda conversations, responses: [0.0] * len(responses))
+    finished = [m["eos_fraction"] for m in read_metrics(config.out)]
+    print("eos fraction", finished)
+    assert sum(finished[-2:]) / 2 > sum(finished[:2]) / 2 + 0.2, finished
+
+
+def test_lora_uses_the_adapter_free_policy_as_reference(tmp_path, prompts_file, policy_dir, py_reward):
+    config = make_config(tmp_path / "ppo-lora", prompts_file, policy_dir, py_reward, iterations=3, lora_r=4,
+                         lora_alpha=8, lr=2e-2, batch_size=8)
+    train_ppo(config)
+    metrics = read_metrics(config.out)
+    assert metrics[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # LoRA B starts at 0: policy == reference
+    assert metrics[-1]["kl"] != pytest.approx(0.0, abs=1e-4)  # the adapters moved the policy away from it
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(config.out)  # adapters merged into plain weights
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+
+
+def test_separate_value_model_trains_and_checkpoints(tmp_path, prompts_file, policy_dir, py_reward):
+    from safetensors.torch import load_file
+
+    config = make_config(tmp_path / "ppo-value", prompts_file, policy_dir, py_reward, iterations=2,
+                         separate_value_model=True, batch_size=8, save_every=2)
+    train_ppo(config)
+    saved = load_file(str(Path(config.out) / "checkpoints" / "step-2" / "model.safetensors"))
+    assert any(k.startswith("value_backbone.") for k in saved) and any(k.startswith("value_head.") for k in saved)
+    assert all(math.isfinite(m["value_loss"]) for m in read_metrics(config.out))
+
+
+def test_ai_reward_scores_in_range(tmp_path, prompts_file, policy_dir, tiny_model_dir):
+    """d-RLAIF: a (tiny, random) labeler's expected 1–10 rating rescaled to [-1, 1] is the reward."""
+    pytest.importorskip("labelers.score")
+    config = make_config(tmp_path / "ppo-ai", prompts_file, policy_dir, f"ai:{tiny_model_dir}", iterations=1,
+                         batch_size=4, ppo_epochs=1)
+    train_ppo(config)
+    samples = [json.loads(ln) for ln in (Path(config.out) / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(-1.0 <= s["score"] <= 1.0 for s in samples)
+
+
+# ---- pieces: EOS masking, padding, reward specs, running moments, config checks ----------------------
+
+
+def test_mask_after_eos_keeps_the_first_eos_and_flags_unfinished():
+    from trainers.rollout import left_pad, mask_after_eos
+
+    ids = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 2, 2, 2]])
+    mask, finished = mask_after_eos(ids, [2])
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert finished.tolist() == [True, False, True]
+    padded, pad_mask = left_pad([[1, 2, 3], [4]], pad_id=0)
+    assert padded.tolist() == [[1, 2, 3], [0, 0, 4]] and pad_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_rollout_logprobs_match_a_plain_forward(policy_dir):
+    """The log-probs PPO trains on (left padding, position ids, logits only at response positions) equal
+    those of an unpadded forward pass of each prompt + response alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainers.rollout import (backbone_hidden, eos_token_ids, render_prompt_ids, response_logprobs,
+                                  sample_rollout, split_causal_lm)
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(policy_dir), AutoTokenizer.from_pretrained(policy_dir)
+    prompt_ids = render_prompt_ids(tokenizer, [[{"role": "user", "content": p}] for p in ("Hi", "A much longer question here?")], 64)
+    torch.manual_seed(0)
+    roll = sample_rollout(model, tokenizer, prompt_ids, max_new_tokens=6, temperature=0.7, eos_ids=eos_token_ids(model, tokenizer), pad_id=tokenizer.pad_token_id)
+    backbone, head = split_causal_lm(model)
+    with torch.no_grad():
+        logp, _ = response_logprobs(head, backbone_hidden(backbone, roll, "cpu"), roll.response_ids, 0.7)
+        for i, ids in enumerate(prompt_ids):
+            n = int(roll.response_mask[i].sum())
+            full = torch.tensor([ids + roll.response_ids[i, :n].tolist()])
+            logits = model(full).logits[0, len(ids) - 1 : len(ids) - 1 + n] / 0.7
+            expected = torch.log_softmax(logits, -1).gather(-1, full[0, len(ids):, None]).squeeze(-1)
+            assert torch.allclose(logp[i, :n], expected, atol=1e-4)
+    assert all(isinstance(t, str) for t in roll.response_texts)
+
+
+def test_reward_specs_fail_clearly(tmp_path, prompts_file, policy_dir):
+    from trainers.common import ConfigError
+    from trainers.rewards import RewardSpecError, load_reward
+
+    with pytest.raises(RewardSpecError, match="cannot import module"):
+        load_reward("py:no_such_module_xyz:f")
+    with pytest.raises(RewardSpecError, match="expected py:module:function"):
+        load_reward("py:justaname")
+    with pytest.raises(ConfigError, match="expected pm:PATH"):
+        make_config(tmp_path, prompts_file, policy_dir, "rm:whatever")
+    with pytest.raises(ConfigError, match="rloo-k"):
+        make_config(tmp_path, prompts_file, policy_dir, "py:a:b", algo="rloo", rloo_k=1)
+    with pytest.raises(ConfigError, match="temperature"):
+        make_config(tmp_path, prompts_file, policy_dir, "py:a:b", temperature=0.0)
+
+
+def test_running_moments_match_the_whole_sample():
+    from trainers.rewards import RunningMoments
+
+    values = torch.randn(50, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    moments = RunningMoments()
+    for chunk in values.split(7):
+        moments.update(chunk)
+    assert moments.mean == pytest.approx(values.mean().item(), rel=1e-6)
+    assert moments.std == pytest.approx(values.std(unbiased=False).item(), rel=1e-6)
+    restored = RunningMoments()
+    restored.load_state_dict(moments.state_dict())
+    assert restored.normalize(torch.tensor([1.0])).item() == moments.normalize(torch.tensor([1.0])).item()
+
+
+@pytest.mark.slow
+def test_cai_train_ppo_cli_runs_and_resumes(tmp_path, prompts_file, policy_dir, py_reward, reward_module_dir):
+    """The real `cai train ppo` command: stop after 1 iteration, rerun to finish."""
+    import os
+    import subprocess
+
+    from conftest import REPO_ROOT
+
+    cai = Path(sys.executable).parent / "cai"
+    env = {**os.environ, "PYTHONPATH": str(reward_module_dir), "OMP_NUM_THREADS": "1"}
+    args = [str(cai), "train", "ppo", "--prompts", str(prompts_file), "--model", str(policy_dir), "--reward", py_reward,
+            "--out", str(tmp_path / "cli"), "--iterations", "2", "--batch-size", "4", "--max-new-tokens", "4", "--quiet"]
+    first = subprocess.run(args + ["--stop-after-steps", "1"], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads(first.stdout)["iterations_done"] == 1
+    second = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert json.loads(second.stdout)["finished"] is True
+    assert [m["step"] for m in read_metrics(tmp_path / "cli")] == [1, 2]

@@ -272,8 +272,9 @@ def dpo_metrics(outputs: list, weights: list[float], prefix: str = "") -> dict[s
     }
 
 
-def evaluate_dpo(model, examples, ref_values, config: DPOConfig, pad_token_id: int, accelerator, live_reference=None):
-    """DPO metrics (``eval_`` prefixed) over ``examples``, no gradient, policy in eval mode."""
+def evaluate_dpo(model, examples, ref_values, config: DPOConfig, pad_token_id: int, accelerator, live=None):
+    """DPO metrics (``eval_`` prefixed) over ``examples``, no gradient, policy in eval mode; ``live`` makes
+    a fresh live-reference (model, context) per batch, or is None with precomputed ``ref_values``."""
     import torch
 
     n = len(examples)
@@ -286,7 +287,7 @@ def evaluate_dpo(model, examples, ref_values, config: DPOConfig, pad_token_id: i
             ref_c = ref_r = None
             if ref_values is not None:
                 ref_c, ref_r = ref_values[index], ref_values[[n + i for i in index]]
-            out, _ = dpo_forward(model, chunk, ref_c, ref_r, config.beta, pad_token_id, accelerator, live_reference)
+            out, _ = dpo_forward(model, chunk, ref_c, ref_r, config.beta, pad_token_id, accelerator, live() if live else None)
             outputs.append(out)
             weights.append(len(chunk))
     model.train()
@@ -347,7 +348,7 @@ def train_dpo(config: DPOConfig) -> dict[str, Any]:
 
     initial_eval = None
     if eval_examples and start_step == 0:
-        initial_eval = evaluate_dpo(model, eval_examples, ref_eval, config, pad_id, accelerator, live())
+        initial_eval = evaluate_dpo(model, eval_examples, ref_eval, config, pad_id, accelerator, live)
         logger.log(0, initial_eval)
 
     n_train = len(train_examples)
@@ -381,7 +382,7 @@ def train_dpo(config: DPOConfig) -> dict[str, Any]:
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
         if config.eval_every and eval_examples and (step + 1) % config.eval_every == 0:
-            metrics.update(evaluate_dpo(model, eval_examples, ref_eval, config, pad_id, accelerator, live()))
+            metrics.update(evaluate_dpo(model, eval_examples, ref_eval, config, pad_id, accelerator, live))
         logger.log(step + 1, metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracy']:.2f}",
@@ -394,7 +395,7 @@ def train_dpo(config: DPOConfig) -> dict[str, Any]:
         print(f"stopped after step {stop_at} of {plan.total_steps} (--stop-after-steps); rerun the same command to continue")
         return {"stopped_at_step": stop_at, "total_steps": plan.total_steps, "out": config.out}
 
-    final_eval = evaluate_dpo(model, eval_examples, ref_eval, config, pad_id, accelerator, live()) if eval_examples else None
+    final_eval = evaluate_dpo(model, eval_examples, ref_eval, config, pad_id, accelerator, live) if eval_examples else None
     if final_eval is not None:
         logger.log(plan.total_steps, final_eval)
     logger.close()

@@ -183,7 +183,8 @@ def kto_metrics(outputs: list, examples_per_output: list[list[dict]], prefix: st
 
 
 def evaluate_kto(model, examples, ref_values, config: KTOConfig, weights, pad_token_id: int, accelerator, live=None):
-    """KTO metrics (``eval_`` prefixed) over ``examples``; z0 is estimated per eval batch."""
+    """KTO metrics (``eval_`` prefixed) over ``examples``; z0 is estimated per eval batch. ``live`` makes
+    a fresh live-reference (model, context) per use, or is None with precomputed ``ref_values``."""
     import torch
 
     n = len(examples)
@@ -194,8 +195,8 @@ def evaluate_kto(model, examples, ref_values, config: KTOConfig, weights, pad_to
             index = list(range(start, min(n, start + config.batch_size)))
             chunk = [examples[i] for i in index]
             ref, ref_kl = (None, None) if ref_values is None else (ref_values[index], ref_values[[n + i for i in index]])
-            z0 = kl_estimate(model, chunk, ref_kl, pad_token_id, accelerator, live())
-            out, _ = kto_forward(model, chunk, ref, z0, config, weights, pad_token_id, accelerator, live())
+            z0 = kl_estimate(model, chunk, ref_kl, pad_token_id, accelerator, live() if live else None)
+            out, _ = kto_forward(model, chunk, ref, z0, config, weights, pad_token_id, accelerator, live() if live else None)
             outputs.append(out)
             chunks.append(chunk)
     model.train()

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainers.common import (
-    StepPlan, load_checkpoint, load_config, load_model_and_tokenizer, make_accelerator,
+    ConfigError, StepPlan, load_checkpoint, load_config, load_model_and_tokenizer, make_accelerator,
     make_optimizer_and_scheduler, model_options, opt, progress_bar, read_metrics, resume_checkpoint,
     save_checkpoint, save_final_model, set_seed, MetricsLogger,
 )
@@ -103,19 +103,21 @@ class PPOConfig:
         choices = {"algo": ("ppo", "rloo"), "lr_schedule": ("constant", "linear", "cosine"), "log_with": ("none", "tensorboard", "wandb")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         for name in ("iterations", "batch_size", "max_new_tokens", "max_prompt_tokens", "ppo_epochs", "minibatch_size",
                      "generation_batch_size", "reward_batch_size", "save_every", "sample_every", "plot_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1; got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 1; got {getattr(self, name)}")
         if self.algo == "rloo" and self.rloo_k < 2:
-            raise ValueError(f"--rloo-k must be ≥ 2 for RLOO (the baseline is the mean of the other samples); got {self.rloo_k}")
+            raise ConfigError(f"--rloo-k must be ≥ 2 for RLOO (the baseline is the mean of the other samples); got {self.rloo_k}")
         if not self.temperature > 0:
-            raise ValueError(f"--temperature must be > 0 (PPO needs the sampling distribution); got {self.temperature}")
+            raise ConfigError(f"--temperature must be > 0 (PPO needs the sampling distribution); got {self.temperature}")
         if self.kl_coef < 0 or (self.target_kl is not None and self.target_kl <= 0):
-            raise ValueError("--kl-coef must be ≥ 0 and --target-kl > 0")
+            raise ConfigError("--kl-coef must be ≥ 0 and --target-kl > 0")
+        if self.reward.partition(":")[0] not in ("pm", "ai", "py") or not self.reward.partition(":")[2]:
+            raise ConfigError(f"--reward {self.reward!r}: expected pm:PATH, ai:LABELER_MODEL or py:module:function")
         if self.separate_value_model and self.algo == "rloo":
-            raise ValueError("--separate-value-model only applies to --algo ppo (RLOO has no value head)")
+            raise ConfigError("--separate-value-model only applies to --algo ppo (RLOO has no value head)")
 
     @property
     def samples_per_iteration(self) -> int:
@@ -128,9 +130,16 @@ def _chunks(n: int, size: int):
 
 def _keep_lines_up_to(path: Path, step: int) -> None:
     """Drop the lines of a resumed run's JSONL log written after the checkpoint's step."""
-    if path.exists():
-        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:  # a torn last line from a killed run
+            continue
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
 def write_plot(out: str | Path) -> Path | None:
@@ -184,12 +193,12 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
     """
     import torch
 
-    from generators.inputs import read_prompts
+    from generators.inputs import PromptFileError, read_prompts
     from trainers.losses import (
         AdaptiveKLController, compute_gae, kl_penalized_rewards, masked_mean, ppo_policy_loss, ppo_value_loss,
         rloo_advantages, whiten,
     )
-    from trainers.rewards import RunningMoments
+    from trainers.rewards import RewardSpecError, RunningMoments
     from trainers.rollout import (
         PolicyAndValue, ValueHead, backbone_hidden, concat_rollouts, eos_token_ids, render_prompt_ids, response_logprobs,
         sample_rollout, split_causal_lm,
@@ -198,7 +207,10 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(config.seed)
-    items = [item for path in config.prompts for item in read_prompts(path)]
+    try:
+        items = [item for path in config.prompts for item in read_prompts(path)]
+    except PromptFileError as e:
+        raise ConfigError(str(e)) from None
 
     # ---- models: policy (+ value head), reference, reward -------------------------------------------
     policy, tokenizer = load_model_and_tokenizer(config.model, **model_options(config))
@@ -218,7 +230,10 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
     model = PolicyAndValue(policy, value_head, value_backbone)
     if reference is not None:
         reference.to(accelerator.device)
-    reward = reward_fn or _load_reward(config, accelerator.device)
+    try:
+        reward = reward_fn or _load_reward(config, accelerator.device)
+    except RewardSpecError as e:
+        raise ConfigError(str(e)) from None
     reward_name = getattr(reward, "name", getattr(reward, "__name__", "custom"))
 
     prompt_ids = render_prompt_ids(tokenizer, [it.messages for it in items], config.max_prompt_tokens)
@@ -255,13 +270,15 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
                 else:
                     backbone, head = split_causal_lm(reference)
                     ref, _ = response_logprobs(head, backbone_hidden(backbone, part, accelerator.device), part.response_ids, config.temperature)
-            logp.append(lp.float().cpu()), ref_logp.append(ref.float().cpu()), entropy.append(ent.cpu())
+            logp.append(lp.float().cpu())
+            ref_logp.append(ref.float().cpu())
+            entropy.append(ent.cpu())
             values.append(v.float().cpu() if v is not None else torch.zeros_like(lp).cpu())
         model.train()
         return torch.cat(logp), torch.cat(ref_logp), torch.cat(values), torch.cat(entropy)
 
     bar = progress_bar(config.iterations, initial=start, desc=config.algo, quiet=config.quiet)
-    summary: dict = {}
+    model.train()
     last = start
     for step in range(start, config.iterations):
         # ---- 1. rollout -------------------------------------------------------------------------------
@@ -317,14 +334,16 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
                     if values is not None:
                         v_loss, v_clip = ppo_value_loss(values, old_values[idx].to(logp.device), returns[idx].to(logp.device), m, config.value_clip_range)
                         loss = loss + config.vf_coef * v_loss
-                        stats["value_loss"].append(v_loss.item()), stats["value_clip_fraction"].append(v_clip.item())
+                        stats["value_loss"].append(v_loss.item())
+                        stats["value_clip_fraction"].append(v_clip.item())
                 accelerator.backward(loss)
                 if config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                stats["policy_loss"].append(pg.loss.item()), stats["clip_fraction"].append(pg.clip_fraction.item())
+                stats["policy_loss"].append(pg.loss.item())
+                stats["clip_fraction"].append(pg.clip_fraction.item())
                 stats["approx_kl"].append(pg.approx_kl.item())
         t3 = time.perf_counter()
 

@@ -2,16 +2,20 @@
 
 Generation is batched: requests are tokenized, sorted by length (so a batch holds prompts of
 similar length and little padding), left-padded (so every row's next token sits in the last
-column) and handed to ``model.generate``; completions come back in request order.
+column) and handed to ``model.generate``; completions come back in request order. Sampling seeds
+the torch generator with ``seed + batch index`` before each batch: a run is reproducible for the
+same requests, seed and batch size.
 
 Scoring computes the summed log-probability of continuation tokens. Contexts are left-padded so
 every row's continuation sits at the end, and ``logits_to_keep`` asks the model for the output
 projection of only those last positions: the vocabulary projection is the most expensive part of a
-forward for a small model with a 49k vocabulary and a long context.
+forward for a small model with a 49k vocabulary and a long context. ``score_options`` encodes each
+context once and shares its KV cache across the options.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Sequence
 
@@ -70,6 +74,8 @@ class TransformersEngine:
         self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", None)
         self._stop_criteria_cache: dict[tuple[str, ...], object] = {}
         self._shares_cache = True  # score_options reuses a context's KV cache across its options
+        forward_parameters = inspect.signature(self.model.forward).parameters
+        self._cache_argument = "cache" if "cache" in forward_parameters else "past_key_values"
 
     # ------------------------------------------------------------------ rendering and tokenizing
 
@@ -123,7 +129,7 @@ class TransformersEngine:
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[Completion | None] = [None] * len(encoded)
         config = self._generation_config(params)
-        stop_kwargs = self._stop_kwargs(params.stop)
+        stop_kwargs = self._stop_kwargs([s for s in params.stop if s])
         for batch_index, start in enumerate(range(0, len(order), self.batch_size)):
             batch = order[start : start + self.batch_size]
             ids, mask, _ = self._left_pad([encoded[i] for i in batch])
@@ -156,14 +162,21 @@ class TransformersEngine:
         from transformers import GenerationConfig
 
         sample = params.temperature > 0
+        # Unset fields would be filled from the model's own generation_config (a Hub model may ship
+        # repetition_penalty=1.1, say): set the ones that change outputs, so the recorded params
+        # are the whole sampling recipe.
         options = dict(
             max_new_tokens=params.max_new_tokens,
             do_sample=sample,
             pad_token_id=self.pad_token_id,
             eos_token_id=self.eos_token_ids or None,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
         )
         if sample:
             options.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        else:  # neutral values, so the model's sampling defaults are not flagged as ignored
+            options.update(temperature=1.0, top_p=1.0, top_k=50)
         return GenerationConfig(**options)
 
     def _stop_kwargs(self, stop: list[str]) -> dict:
@@ -302,7 +315,9 @@ class TransformersEngine:
                 totals = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)[:, first]  # (B, k)
                 if tail_width:
                     rows = len(batch) * k  # row r*k + j is context r followed by option j
-                    cache = out.past_key_values
+                    cache = getattr(out, "cache", None)  # transformers 5 names it "cache", 4.x "past_key_values"
+                    if cache is None:
+                        cache = out.past_key_values
                     cache.batch_repeat_interleave(k)
                     lengths = mask.sum(-1).repeat_interleave(k)
                     tail_positions = lengths[:, None] + torch.arange(tail_width, device=self.device)
@@ -310,7 +325,7 @@ class TransformersEngine:
                         input_ids=tail_ids[:, :tail_width].repeat(len(batch), 1),
                         attention_mask=torch.cat([mask.repeat_interleave(k, 0), tail_mask[:, :tail_width].repeat(len(batch), 1)], dim=1),
                         position_ids=tail_positions,
-                        past_key_values=cache,
+                        **{self._cache_argument: cache},
                     ).logits
                     picked = torch.log_softmax(logits.float(), dim=-1).gather(
                         -1, tail_targets[:, :tail_width].repeat(len(batch), 1).unsqueeze(-1)
