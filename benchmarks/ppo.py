@@ -4,7 +4,7 @@ For each algorithm: a few iterations with a cheap programmatic reward (``py:``, 
 the policy's), the same number of samples per iteration (PPO: B prompts; RLOO: B/k prompts × k), and
 reports samples/s, the split of each iteration between rollout (generation), reward scoring and the
 update (old/ref log-probs + PPO epochs), and the peak resident memory of each iteration. Prints both
-algorithms' numbers and their ratio, measured in the same run.
+algorithms' numbers and their ratio, measured in the same run (each algorithm in its own process).
 
     .venv/bin/python benchmarks/ppo.py                      # defaults: 3 iterations, 8 samples, 32 tokens
     .venv/bin/python benchmarks/ppo.py --iterations 5 --samples 16 --max-new-tokens 64 --model runs/sft
@@ -95,14 +95,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--samples", type=int, default=8, help="sequences per iteration (even)")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=4, help="sequences per iteration (even)")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--ppo-epochs", type=int, default=2)
     parser.add_argument("--minibatch-size", type=int, default=4)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--only", choices=("ppo", "rloo"), help=argparse.SUPPRESS)  # one algorithm, JSON out
     args = parser.parse_args()
+    if args.only is None:  # each algorithm in its own process, so the memory figures are its own
+        compare(sys.argv[1:])
+        return
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from generators.engines.embedded import resolve_model
 
@@ -110,18 +118,30 @@ def main() -> None:
     print(f"model {args.model}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{'cuda' if torch.cuda.is_available() else 'cpu'}; {args.iterations} iterations × {args.samples} samples × "
           f"≤{args.max_new_tokens} tokens, {args.ppo_epochs} epochs of minibatch {args.minibatch_size}", flush=True)
-    results = []
     with tempfile.TemporaryDirectory() as tmp:
         prompts = Path(tmp) / "prompts.jsonl"
         prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS), encoding="utf-8")
-        for algo in ("ppo", "rloo"):
-            results.append(run(algo, args, prompts, Path(tmp) / algo))
-            r = results[-1]
-            total = r["rollout_s"] + r["reward_s"] + r["update_s"]
-            print(f"{algo:5s} {r['samples_per_s']:.2f} samples/s | per iteration: rollout {r['rollout_s']:.1f}s "
-                  f"({100 * r['rollout_s'] / total:.0f}%), reward {r['reward_s']:.3f}s ({100 * r['reward_s'] / total:.0f}%), "
-                  f"update {r['update_s']:.1f}s ({100 * r['update_s'] / total:.0f}%) | mean response {r['response_tokens']:.1f} tokens | "
-                  f"peak RSS per iteration (MB) {r['peak_rss_mb_per_iteration']}", flush=True)
+        print("RESULT " + json.dumps(run(args.only, args, prompts, Path(tmp) / args.only)), flush=True)
+
+
+def compare(argv: list[str]) -> None:
+    import subprocess
+
+    results = []
+    for algo in ("ppo", "rloo"):
+        proc = subprocess.run([sys.executable, __file__, *argv, "--only", algo], capture_output=True, text=True)
+        lines = proc.stdout.splitlines()
+        if proc.returncode != 0 or not any(ln.startswith("RESULT ") for ln in lines):
+            sys.exit(f"{algo} run failed:\n{proc.stderr[-3000:]}")
+        if algo == "ppo":
+            print(lines[0], flush=True)
+        results.append(json.loads(next(ln for ln in lines if ln.startswith("RESULT "))[7:]))
+        r = results[-1]
+        total = r["rollout_s"] + r["reward_s"] + r["update_s"]
+        print(f"{algo:5s} {r['samples_per_s']:.2f} samples/s | per iteration: rollout {r['rollout_s']:.1f}s "
+              f"({100 * r['rollout_s'] / total:.0f}%), reward {r['reward_s']:.3f}s ({100 * r['reward_s'] / total:.0f}%), "
+              f"update {r['update_s']:.1f}s ({100 * r['update_s'] / total:.0f}%) | mean response {r['response_tokens']:.1f} tokens | "
+              f"peak RSS per iteration (MB) {r['peak_rss_mb_per_iteration']}", flush=True)
     ppo, rloo = results
     print(f"RLOO / PPO samples/s ratio: {rloo['samples_per_s'] / ppo['samples_per_s']:.2f} "
           f"(RLOO has no value head; both use the same rollout code)")

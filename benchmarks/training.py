@@ -11,7 +11,7 @@ imports, i.e. model + optimizer + activations + data; on CUDA it is ``torch.cuda
 All examples tokenize to the same length, so every step of every framework processes the same number
 of tokens; tokens/s counts all tokens in the batch (prompt and response, chosen and rejected).
 
-Two throughputs are printed:
+Printed per run: two throughputs, the CPU time and the peak memory. The throughputs:
 - end to end: model load + tokenization + (reference pass) + all steps + saving the final model —
   what a user waits for;
 - per step (median): the optimizer steps alone. Our DPO does its reference forward pass once before
@@ -119,11 +119,14 @@ def worker(run: str, spec: dict) -> dict:
     cuda = torch.cuda.is_available()
     baseline = current_rss_bytes()
     out = Path(spec["out"]) / run
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     began = time.perf_counter()
     step_seconds = {"ours-sft": run_ours_sft, "ours-dpo": run_ours_dpo}.get(run, run_trl)(run, spec, out)
     elapsed = time.perf_counter() - began
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_seconds = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes() - baseline
-    return {"run": run, "seconds": elapsed, "step_seconds": step_seconds, "peak_bytes": peak,
+    return {"run": run, "seconds": elapsed, "cpu_seconds": cpu_seconds, "step_seconds": step_seconds, "peak_bytes": peak,
             "memory": "cuda max_memory_allocated" if cuda else "peak RSS rise"}
 
 
@@ -202,7 +205,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder or `smollm2-135m` (default: a random Llama built here)")
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the built model")
     parser.add_argument("--layers", type=int, default=4, help="layers of the built model")
-    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per run")
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run")
     parser.add_argument("--batch-size", type=int, default=4, help="examples (pairs for DPO) per step")
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (prompt + response)")
     parser.add_argument("--only", choices=sorted(RUNS), default=None, help="benchmark only SFT or only DPO")
@@ -239,7 +242,7 @@ def main() -> None:
             for run in RUNS[method]:
                 results[run] = run_worker(run, tmp / "spec.json")
         print()
-        print(f"{'run':<20}{'end-to-end tok/s':>18}{'per-step tok/s':>16}{'peak memory':>14}")
+        print(f"{'run':<20}{'end-to-end tok/s':>18}{'per-step tok/s':>16}{'CPU-seconds':>13}{'peak memory':>14}")
         for method in methods:
             sequences = args.batch_size * (2 if method == "dpo" else 1)
             step_tokens = sequences * info["tokens_per_sequence"]
@@ -248,14 +251,18 @@ def main() -> None:
                 steady = r["step_seconds"][1:] or r["step_seconds"]
                 r["end_to_end_tps"] = step_tokens * args.steps / r["seconds"]
                 r["step_tps"] = step_tokens / statistics.median(steady)
-                print(f"{run:<20}{r['end_to_end_tps']:>18,.0f}{r['step_tps']:>16,.0f}{human_bytes(r['peak_bytes']):>14}")
+                print(f"{run:<20}{r['end_to_end_tps']:>18,.0f}{r['step_tps']:>16,.0f}{r['cpu_seconds']:>13,.0f}"
+                      f"{human_bytes(r['peak_bytes']):>14}")
             ours = results[RUNS[method][0]]
             for other in RUNS[method][1:]:
                 theirs = results[other]
                 print(f"  ours / {other}: end-to-end speed ×{ours['end_to_end_tps'] / theirs['end_to_end_tps']:.2f}, "
                       f"per-step speed ×{ours['step_tps'] / theirs['step_tps']:.2f}, "
+                      f"CPU time ×{ours['cpu_seconds'] / theirs['cpu_seconds']:.2f}, "
                       f"memory ×{ours['peak_bytes'] / theirs['peak_bytes']:.2f}")
-        print(f"(memory: {results[next(iter(results))]['memory']}; ratios > 1 mean faster / more memory)")
+        print(f"(memory: {results[next(iter(results))]['memory']}; speed ratios > 1 mean ours is faster, CPU-time and "
+              f"memory ratios < 1 mean ours uses less; CPU-seconds = user + system time of the whole run, the figure "
+              f"least disturbed by other load on the machine; load average now {os.getloadavg()[0]:.1f})")
 
 
 def run_worker(run: str, spec_path: Path) -> dict:

@@ -42,7 +42,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from .inputs import InputError
 
     return (ConstitutionError, TemplateRenderError, EngineCapabilityError, RunDirError, InputError, ValueError,
-            FileNotFoundError, OSError)
+            OSError, ImportError)
 
 
 def _load_engine(engine: str, model: str, base_url: Optional[str], tokenizer: Optional[str], batch_size: int,

@@ -33,9 +33,15 @@ def _write(run_dir: Path, name: str, rows: list[dict]) -> dict:
     os.replace(tmp, path)
     folder = out / name
     if rows:
-        from datasets import Dataset
+        import datasets
 
-        Dataset.from_list(rows).save_to_disk(str(folder))
+        was_enabled = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()  # a bar per tiny export is noise next to the labeling bar
+        try:
+            datasets.Dataset.from_list(rows).save_to_disk(str(folder))
+        finally:
+            if was_enabled:
+                datasets.enable_progress_bars()
     return {"jsonl": str(path), "dataset": str(folder) if rows else None, "rows": len(rows)}
 
 

@@ -145,7 +145,8 @@ def test_preference_and_eval_through_the_openai_engine(tmp_path):
         return -0.1 if token == "A" else -3.0 if token == "B" else -1.0
 
     with FakeOpenAIServer(token_logprob=token_logprob) as server:
-        engine = OpenAIEngine("toy", base_url=server.base_url, max_retries=0)
+        # a loaded test machine can drop a localhost connection: retry quickly, as in production
+        engine = OpenAIEngine("toy", base_url=server.base_url, concurrency=4, max_retries=3, backoff_base=0.01)
         items = load_gold(MC_SAMPLE)
         rows, m = evaluate_labeler(engine, items, progress=False)
         # p(A) = e^-0.1 / (e^-0.1 + e^-3) in both orders: pure position bias

@@ -309,7 +309,7 @@ def test_separate_value_model_trains_and_checkpoints(tmp_path, prompts_file, pol
     from safetensors.torch import load_file
 
     config = make_config(tmp_path / "ppo-value", prompts_file, policy_dir, py_reward, iterations=2,
-                         separate_value_model=True, batch_size=8, save_every=2)
+                         separate_value_model=True, batch_size=8, save_every=2, gradient_checkpointing=True)
     train_ppo(config)
     saved = load_file(str(Path(config.out) / "checkpoints" / "step-2" / "model.safetensors"))
     assert any(k.startswith("value_backbone.") for k in saved) and any(k.startswith("value_head.") for k in saved)
