@@ -169,6 +169,26 @@ def test_precomputed_reference_equals_live_reference(tmp_path, tiny_model_dir):
     assert cached.tolist() == pytest.approx(expected, abs=1e-3)
 
 
+def test_ref_model_option_uses_that_model_as_reference(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainers.dpo import train_dpo
+
+    other = build_tiny_model(tmp_path / "other", seed=1)
+    rows = preference_rows(4, seed=8)
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    summary = train_dpo(dpo_config(tmp_path, tiny_model_dir, train, ref_model=str(other), max_steps=1))
+    assert summary["reference"] == {"model": str(other), "mode": "precompute"}
+    cached = load_file(str(tmp_path / "out" / "reference_logps_train.safetensors"))["logps"]
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    ref = AutoModelForCausalLM.from_pretrained(other).eval()
+    expected = [sequence_logp(ref, tokenizer, r["prompt"], r[c]) for c in ("chosen", "rejected") for r in rows]
+    assert cached.tolist() == pytest.approx(expected, abs=1e-3)
+    # Step 1's policy is the initial --model, not the reference: Δ is not 0 from the start.
+    assert summary["last_train_metrics"]["rewards/margins"] != pytest.approx(0.0, abs=1e-4)
+
+
 def test_lora_live_reference_is_the_adapter_free_policy(tmp_path, tiny_model_dir):
     """With LoRA and no --ref-model, live mode switches the adapter off instead of loading a copy."""
     from trainers.common import read_metrics

@@ -175,7 +175,7 @@ Examples:
   cai train ppo --config ppo.yaml --no-resume
 
 OUT gets the final policy + tokenizer (from_pretrained(OUT) loads it), metrics.jsonl (reward, kl,
-entropy, clip_fraction, value_loss, response_length, rollout_s / reward_s / update_s per iteration),
+entropy, clip_fraction, value_loss, response_length, rollout_s / reward_s / logprobs_s / update_s),
 samples.jsonl, ppo_curves.png and checkpoints/. Rerunning the same command continues from the latest
 checkpoint (policy, value head, optimizer, KL controller, reward statistics and RNG state).
 """

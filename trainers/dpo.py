@@ -165,6 +165,18 @@ def sequences_fingerprint(reference: str, sequences: list[tuple[list[int], list[
     return digest.hexdigest()
 
 
+def model_identity(name: str) -> str:
+    """The model's name plus the size and modification time of its weight files (a local folder): a
+    model folder overwritten with other weights must not reuse reference numbers cached for the old."""
+    from generators.engines.embedded import resolve_model
+
+    folder = Path(resolve_model(name))
+    if not folder.is_dir():
+        return name
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.glob("*.safetensors"))]
+    return json.dumps([name, stats])
+
+
 def cached_reference_logps(path: Path, fingerprint: str, compute: Callable[[], Any], accelerator):
     """Load the reference log-probs saved at ``path`` when their fingerprint matches; otherwise compute
     them (once) and save them there (safetensors, written to a temp file and renamed)."""
@@ -211,7 +223,7 @@ def reference_logps_for(sequences, config, policy, tokenizer, accelerator, what:
     """Precompute (or load from OUT) the reference log-probs of ``sequences``: with the initial policy
     itself (call this before the first optimizer step and before loading a checkpoint) or --ref-model."""
     name = config.ref_model or config.model
-    fingerprint = sequences_fingerprint(name, sequences)
+    fingerprint = sequences_fingerprint(model_identity(name), sequences)
     batch_size = config.ref_batch_size or 2 * config.batch_size
 
     def compute():
