@@ -3,7 +3,7 @@
 For each algorithm: a few iterations with a cheap programmatic reward (``py:``, so the time measured is
 the policy's), the same number of samples per iteration (PPO: B prompts; RLOO: B/k prompts × k), and
 reports samples/s, the split of each iteration between rollout (generation), reward scoring and the
-update (old/ref log-probs + PPO epochs), and the peak resident memory of each iteration. Prints both
+old/ref log-probs (and values) of the rollout, and the update (PPO epochs), and the peak resident memory of each iteration. Prints both
 algorithms' numbers and their ratio, measured in the same run (each algorithm in its own process).
 
     .venv/bin/python benchmarks/ppo.py                      # defaults: 3 iterations, 8 samples, 32 tokens
@@ -84,6 +84,7 @@ def run(algo: str, args, prompts_path: Path, out: Path) -> dict:
         "samples_per_s": statistics.mean(m["samples_per_s"] for m in timed),
         "rollout_s": statistics.mean(m["rollout_s"] for m in timed),
         "reward_s": statistics.mean(m["reward_s"] for m in timed),
+        "logprobs_s": statistics.mean(m["logprobs_s"] for m in timed),
         "update_s": statistics.mean(m["update_s"] for m in timed),
         "response_tokens": statistics.mean(m["response_length"] for m in timed),
         "peak_rss_mb_per_iteration": [round(p) for p in peaks],
@@ -137,10 +138,10 @@ def compare(argv: list[str]) -> None:
             print(lines[0], flush=True)
         results.append(json.loads(next(ln for ln in lines if ln.startswith("RESULT "))[7:]))
         r = results[-1]
-        total = r["rollout_s"] + r["reward_s"] + r["update_s"]
+        total = r["rollout_s"] + r["reward_s"] + r["logprobs_s"] + r["update_s"]
         print(f"{algo:5s} {r['samples_per_s']:.2f} samples/s | per iteration: rollout {r['rollout_s']:.1f}s "
               f"({100 * r['rollout_s'] / total:.0f}%), reward {r['reward_s']:.3f}s ({100 * r['reward_s'] / total:.0f}%), "
-              f"update {r['update_s']:.1f}s ({100 * r['update_s'] / total:.0f}%) | mean response {r['response_tokens']:.1f} tokens | "
+              f"old/ref log-probs {r['logprobs_s']:.1f}s ({100 * r['logprobs_s'] / total:.0f}%), update {r['update_s']:.1f}s ({100 * r['update_s'] / total:.0f}%) | mean response {r['response_tokens']:.1f} tokens | "
               f"peak RSS per iteration (MB) {r['peak_rss_mb_per_iteration']}", flush=True)
     ppo, rloo = results
     print(f"RLOO / PPO samples/s ratio: {rloo['samples_per_s'] / ppo['samples_per_s']:.2f} "

@@ -134,7 +134,7 @@ def test_ppo_raises_a_programmatic_reward(ppo_run):
     print("ppo rewards", [round(r, 3) for r in rewards], "kl", [round(m["kl"], 2) for m in metrics])
     assert last > first + 0.15, f"mean reward did not rise clearly: {rewards}"
     assert all(math.isfinite(m["kl"]) and math.isfinite(m["value_loss"]) for m in metrics)
-    for key in ("entropy", "clip_fraction", "value_loss", "response_length", "rollout_s", "reward_s", "update_s", "kl_coef"):
+    for key in ("entropy", "clip_fraction", "value_loss", "response_length", "rollout_s", "reward_s", "logprobs_s", "update_s", "kl_coef"):
         assert key in metrics[-1], key
     assert summary["finished"] and summary["iterations_done"] == 10
     # the final policy loads with from_pretrained, and it samples the target more than the initial one
@@ -305,15 +305,19 @@ def test_lora_uses_the_adapter_free_policy_as_reference(tmp_path, prompts_file, 
     assert not any("lora" in name for name, _ in merged.named_parameters())
 
 
-def test_separate_value_model_trains_and_checkpoints(tmp_path, prompts_file, policy_dir, py_reward):
+def test_separate_value_model_checkpointing_and_adaptive_kl(tmp_path, prompts_file, policy_dir, py_reward):
     from safetensors.torch import load_file
 
     config = make_config(tmp_path / "ppo-value", prompts_file, policy_dir, py_reward, iterations=2,
-                         separate_value_model=True, batch_size=8, save_every=2, gradient_checkpointing=True)
+                         separate_value_model=True, batch_size=8, save_every=2, gradient_checkpointing=True,
+                         target_kl=0.5, kl_horizon=100)
     train_ppo(config)
     saved = load_file(str(Path(config.out) / "checkpoints" / "step-2" / "model.safetensors"))
     assert any(k.startswith("value_backbone.") for k in saved) and any(k.startswith("value_head.") for k in saved)
-    assert all(math.isfinite(m["value_loss"]) for m in read_metrics(config.out))
+    metrics = read_metrics(config.out)
+    assert all(math.isfinite(m["value_loss"]) for m in metrics)
+    # iteration 1 has KL 0 < target: the adaptive controller lowers β by the capped 20 % × 8/100
+    assert metrics[1]["kl_coef"] == pytest.approx(0.05 * (1 - 0.2 * 8 / 100))
 
 
 def test_ai_reward_scores_in_range(tmp_path, prompts_file, policy_dir, tiny_model_dir):

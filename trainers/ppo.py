@@ -303,6 +303,7 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
 
         # ---- 3. advantages ---------------------------------------------------------------------------
         old_logp, ref_logp, old_values, entropy = score_rollout(roll)
+        t3 = time.perf_counter()
         if config.normalize_rewards:
             moments.update(scores)
             scores = moments.normalize(scores)
@@ -345,7 +346,7 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
                 stats["policy_loss"].append(pg.loss.item())
                 stats["clip_fraction"].append(pg.clip_fraction.item())
                 stats["approx_kl"].append(pg.approx_kl.item())
-        t3 = time.perf_counter()
+        t4 = time.perf_counter()
 
         # ---- 5. KL controller, logs, checkpoint -----------------------------------------------------
         kl_ctl.update(seq_kl.mean().item(), len(rows))
@@ -354,8 +355,8 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
             "kl": seq_kl.mean().item(), "kl_coef": beta, "entropy": masked_mean(entropy, mask).item(),
             "response_length": mask.sum(-1).mean().item(), "eos_fraction": roll.finished.float().mean().item(),
             **{k: sum(v) / len(v) for k, v in stats.items() if v},
-            "lr": scheduler.get_last_lr()[0], "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2,
-            "samples_per_s": len(rows) / (t3 - t0),
+            "lr": scheduler.get_last_lr()[0], "rollout_s": t1 - t0, "reward_s": t2 - t1, "logprobs_s": t3 - t2,
+            "update_s": t4 - t3, "samples_per_s": len(rows) / (t4 - t0),
         }
         logger.log(step + 1, metrics)
         bar.update(1)
