@@ -134,16 +134,18 @@ def test_help_has_examples():
 
 @pytest.mark.slow
 def test_smoke_embedded_model_subprocess(tmp_path, embedded_model_dir):
-    """The real `cai` process on the embedded SmolLM2-135M, 2 prompts, 16 tokens."""
+    """The real `cai` process on the embedded SmolLM2-135M, 2 prompts, 16 tokens, one few-shot example
+    (the full harmless prefix is ~1,400 tokens per request: prefill would dominate the test's time)."""
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "cai_cli", "generate", "sl-cai", "-c", HARMLESS, "-p", str(REPO / "data" / "red_team_prompts.jsonl"),
-         "--limit", "2", "--max-new-tokens", "16", "--batch-size", "2", "--out", str(out), "--quiet", "--show-example"],
+         "--limit", "2", "--few-shot", "1", "--max-new-tokens", "16", "--batch-size", "2", "--out", str(out), "--quiet", "--show-example"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     recs = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
     assert len(recs) == 2 and recs[0]["model"] == "smollm2-135m" and recs[0]["constitution"].startswith("harmless@")
+    assert recs[0]["few_shot"] == 1 and recs[0]["tokens"]["initial"]["prompt_tokens"] > 100
     assert all(x["initial_response"] and x["final_revision"] for x in recs)
     assert "--- revision ---" in proc.stdout
