@@ -7,7 +7,7 @@ examples, both orders), so their p_a must agree — the script checks that befor
 
 Then it runs the labeler evaluation on the gold file (agreement, position consistency, ECE).
 
-    .venv/bin/python benchmarks/labeling.py                       # embedded smollm2-135m, 16 gold pairs, cai_mc
+    .venv/bin/python benchmarks/labeling.py                       # embedded smollm2-135m, 8 gold pairs, cai_mc
     .venv/bin/python benchmarks/labeling.py --pairs 8 --templates cai_mc chat --skip-eval
 """
 
@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--constitution", default="harmless")
     ap.add_argument("--gold", default=str(REPO / "data" / "gold" / "harmless_gold.jsonl"))
-    ap.add_argument("--pairs", type=int, default=16)
+    ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=32, help="contexts per score call and rows per forward")
     ap.add_argument("--templates", nargs="+", default=["cai_mc"], help="cai_mc (multi-token options) and/or chat (single-token)")
     ap.add_argument("--seed", type=int, default=0)

@@ -51,11 +51,12 @@ def _load_engine(engine: str, model: str, base_url: Optional[str], tokenizer: Op
 
     if engine != "openai" and (base_url or tokenizer):
         raise ValueError("--base-url and --tokenizer are options of --engine openai")
-    if engine == "transformers":
-        return load_engine(engine, model, batch_size=batch_size, device=device)
-    if engine == "openai":
-        return load_engine(engine, model, base_url=base_url, tokenizer=tokenizer)
-    return load_engine(engine, model)
+    options = {"transformers": dict(batch_size=batch_size, device=device),
+               "openai": dict(base_url=base_url, tokenizer=tokenizer)}.get(engine, {})
+    try:
+        return load_engine(engine, model, **options)
+    except (ImportError, RuntimeError, OSError) as e:  # missing extra, unknown model, no GPU ...
+        raise ValueError(f"cannot load --engine {engine} with model {model!r}: {e}") from None
 
 
 def _constitution(name: Optional[str]):

@@ -147,8 +147,12 @@ def format_summary(metrics: dict) -> str:
         lines.append(f"{label:<26}{metrics[key]:6.1%}")
     lines.append(f"{'ECE (10 bins), both':<26}{metrics['ece_avg']:6.3f}")
     lines.append(f"{'ECE (10 bins), raw':<26}{metrics['ece_raw']:6.3f}")
-    for pid, m in metrics.get("per_principle", {}).items():
-        lines.append(f"  principle {pid:<15}{m['agreement_avg']:6.1%}  (n={m['n']})")
+    per = metrics.get("per_principle", {})
+    if per:
+        width = max(len(pid) for pid in per) + 2
+        lines.append("agreement by principle, both orders:")
+        for pid, m in per.items():
+            lines.append(f"  {pid:<{width}}{m['agreement_avg']:6.1%}  (n={m['n']})")
     return "\n".join(lines)
 
 
@@ -171,7 +175,7 @@ def plot_reliability(rows: list[dict], path: str | Path) -> None:
     ax.set_ylabel("observed frequency (gold)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.legend(loc="upper left")
+    ax.legend(loc="lower right")
     ax.set_title(f"Reliability diagram (ECE {expected_calibration_error([r['p_first_avg'] for r in rows], [r['gold_first'] for r in rows]):.3f})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
