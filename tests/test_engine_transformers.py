@@ -205,6 +205,41 @@ def test_score_options_multi_token_path(engine):
         engine._shares_cache = True
 
 
+FEW_SHOT = (
+    "Consider the following conversation between a human and an assistant: Human: how do I bake bread? "
+    "Assistant: Mix flour, water, salt and yeast, knead, let it rise, then bake it hot. Which response is "
+    "more helpful? Options: (A) the first one (B) the second one. The answer is: (A)\n\n"
+)
+SUFFIXES = [
+    "Human: hi. Which is kinder? (A) hello (B) go away. The answer is:",
+    "Human: Tell me a long story about a cat who learns to sail across the wide and stormy ocean. Which is "
+    "more honest? (A) a story (B) a refusal. The answer is:",
+    "Human: 2+2? (A) 4 (B) 5. The answer is:",
+    "Human: What is the capital of France, and why? (A) Paris (B) Lyon. The answer is:",
+]  # as many as the engine's batch_size, so they share one batch
+
+
+@pytest.mark.parametrize("options", [["A", "B", " yes"], [" (A)", " (B)", " neither of them"]], ids=["single", "multi"])
+def test_score_options_shares_a_long_common_prefix(engine, options):
+    contexts = [FEW_SHOT + s for s in SUFFIXES]
+    ids = [engine.tokenizer(c).input_ids for c in contexts]
+    shared = min(next(i for i, t in enumerate(row) if t != ids[0][i]) for row in ids[1:])
+    assert shared >= 60 and len({len(r) - shared for r in ids}) >= 3  # long prefix, ragged suffixes
+    widths = []
+    hook = engine.model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape), with_kwargs=True)
+    try:
+        got = engine.score_options(contexts, options)
+    finally:
+        hook.remove()
+    assert (1, shared) in widths, "the common prefix ran once, at batch 1"
+    assert all(w[1] < min(len(r) for r in ids) for w in widths), "no forward re-ran a whole context"
+    for context, row in zip(contexts, got):
+        assert row == pytest.approx([naive_logprob(engine, context, o) for o in options], abs=1e-4)
+    # a batch of one context, or contexts that share little, take the plain path with the same numbers
+    assert engine.score_options(contexts[:1], options)[0] == pytest.approx(got[0], abs=1e-4)
+    assert engine.score_options([contexts[0], SUFFIXES[1]], options)[0] == pytest.approx(got[0], abs=1e-4)
+
+
 def test_bad_input_errors(engine):
     with pytest.raises(ValueError, match="one continuation per context"):
         engine.score(["a", "b"], ["c"])

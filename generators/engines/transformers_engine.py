@@ -10,7 +10,9 @@ Scoring computes the summed log-probability of continuation tokens. Contexts are
 every row's continuation sits at the end, and ``logits_to_keep`` asks the model for the output
 projection of only those last positions: the vocabulary projection is the most expensive part of a
 forward for a small model with a 49k vocabulary and a long context. ``score_options`` encodes each
-context once and shares its KV cache across the options.
+context once and shares its KV cache across the options; and when every context of a batch starts
+with the same long token prefix (a labeling prompt's few-shot examples), that prefix is run once and
+its KV cache shared by the batch's rows.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from .embedded import resolve_model
 log = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# A batch's common token prefix shorter than this is not worth a separate forward pass.
+MIN_SHARED_PREFIX = 32
 
 
 class TransformersEngine:
@@ -74,6 +78,7 @@ class TransformersEngine:
         self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", None)
         self._stop_criteria_cache: dict[tuple[str, ...], object] = {}
         self._shares_cache = True  # score_options reuses a context's KV cache across its options
+        self._shares_prefix = True  # ... and a batch's common prefix's cache across its contexts
         forward_parameters = inspect.signature(self.model.forward).parameters
         self._cache_argument = "cache" if "cache" in forward_parameters else "past_key_values"
 
@@ -283,7 +288,8 @@ class TransformersEngine:
         multi-token options (" (A)" is three tokens in SmolLM2): the context's KV cache is repeated
         once per option, and each option's tokens but the last are fed after it, right-padded; their
         logits give the rest of the option's tokens. A long labeling prompt is thus encoded once,
-        not once per option."""
+        not once per option, and the few-shot examples all its contexts start with once per batch
+        (see _run_contexts)."""
         import torch
 
         for ctx in context_ids:
@@ -306,18 +312,11 @@ class TransformersEngine:
         results: list[list[float]] = [[] for _ in context_ids]
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            ids, mask, positions = self._left_pad([context_ids[i] for i in batch])
             with torch.inference_mode():
-                out = self.model(
-                    input_ids=ids, attention_mask=mask, position_ids=positions,
-                    logits_to_keep=1, use_cache=tail_width > 0,
-                )
-                totals = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)[:, first]  # (B, k)
+                last_logits, cache, mask = self._run_contexts([context_ids[i] for i in batch], keep_cache=tail_width > 0)
+                totals = torch.log_softmax(last_logits.float(), dim=-1)[:, first]  # (B, k)
                 if tail_width:
-                    rows = len(batch) * k  # row r*k + j is context r followed by option j
-                    cache = getattr(out, "cache", None)  # transformers 5 names it "cache", 4.x "past_key_values"
-                    if cache is None:
-                        cache = out.past_key_values
+                    # after the repeat, row r*k + j is context r followed by option j
                     cache.batch_repeat_interleave(k)
                     lengths = mask.sum(-1).repeat_interleave(k)
                     tail_positions = lengths[:, None] + torch.arange(tail_width, device=self.device)
@@ -335,6 +334,40 @@ class TransformersEngine:
             for row, i in enumerate(batch):
                 results[i] = totals[row].tolist()
         return results
+
+    def _run_contexts(self, rows: list[list[int]], keep_cache: bool):
+        """One forward over a batch of contexts: (logits at each row's last token (B, vocab), the KV
+        cache if keep_cache else None, the 2D attention mask that cache was built with).
+
+        Rows are left-padded. When they all start with the same long token prefix, the prefix runs
+        once at batch 1 and its cache is repeated for every row; only the rows' own suffixes then
+        run, left-padded among themselves, so the mask is [prefix ones | suffix padding and ones]
+        and positions continue after the prefix. Every row keeps at least one token of its own, whose
+        logits are the ones kept."""
+        import torch
+
+        shared = _common_prefix_length(rows) if self._shares_prefix and len(rows) > 1 else 0
+        shared = min(shared, min(len(r) for r in rows) - 1)
+        if shared < MIN_SHARED_PREFIX:
+            ids, mask, positions = self._left_pad(rows)
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, use_cache=keep_cache)
+            return out.logits[:, -1, :], (_cache_of(out) if keep_cache else None), mask
+        prefix = torch.tensor([rows[0][:shared]], device=self.device)
+        cache = _cache_of(self.model(input_ids=prefix, logits_to_keep=1, use_cache=True))
+        if not _is_plain_dynamic_cache(cache):
+            # Sliding-window or recurrent layers would see the padding between prefix and suffix
+            # as tokens: run whole contexts instead, from now on.
+            log.info("not sharing a batch's common prefix: the model's cache is a %s", type(cache).__name__)
+            self._shares_prefix = False
+            return self._run_contexts(rows, keep_cache)
+        cache.batch_repeat_interleave(len(rows))
+        ids, suffix_mask, positions = self._left_pad([r[shared:] for r in rows])
+        mask = torch.cat([suffix_mask.new_ones((len(rows), shared)), suffix_mask], dim=1)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions + shared,
+            logits_to_keep=1, use_cache=True, **{self._cache_argument: cache},
+        )
+        return out.logits[:, -1, :], (_cache_of(out) if keep_cache else None), mask
 
     def _sum_logprobs(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
         """Σ log p(target tokens | prefix) for each (prefix ids, target ids) pair.
@@ -392,6 +425,30 @@ def encode_continuation(tokenizer, text: str) -> list[int]:
     """A continuation is tokenized on its own, without special tokens, and appended to the
     context's ids: token boundaries are then exactly the ones the score sums over."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _common_prefix_length(rows: list[list[int]]) -> int:
+    """How many leading token ids every row shares."""
+    first, n = rows[0], min(len(r) for r in rows)
+    for row in rows[1:]:
+        i = 0
+        while i < n and row[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)  # transformers 5 names it "cache", 4.x "past_key_values"
+    return cache if cache is not None else out.past_key_values
+
+
+def _is_plain_dynamic_cache(cache) -> bool:
+    """A cache of full-attention key/value layers only, which padding holes in the mask cannot fool."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
 def _eos_ids(*candidates) -> list[int]:
