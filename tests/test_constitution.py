@@ -74,7 +74,7 @@ def test_unknown_key_names_path_line_and_allowed_keys(tmp_path):
     assert problem.key_path == "critique_revision[1].revison"
     assert problem.line == 10
     assert "unknown key" in problem.message and "did you mean 'revision'" in problem.message
-    assert f"c.yaml:10: critique_revision[1].revison" in str(err)
+    assert "c.yaml:10: critique_revision[1].revison" in str(err)
 
 
 def test_missing_field_points_at_the_item(tmp_path):

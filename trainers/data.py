@@ -216,6 +216,18 @@ def split_eval(rows: list[dict[str, Any]], eval_fraction: float, seed: int) -> t
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
+def train_and_eval_rows(config, kind: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """(train rows, eval rows, mixing report) for a trainer config: ``config.data`` mixed and
+    validated; the eval rows from ``config.eval_data`` when given, else a seeded split of the training rows."""
+    rows, mix = load_training_rows(config.data, kind, config.seed)
+    if config.eval_data:
+        eval_rows = load_rows(config.eval_data, kind)
+        validate_rows(eval_rows, kind)
+    else:
+        rows, eval_rows = split_eval(rows, config.eval_fraction, config.seed)
+    return rows, eval_rows, mix
+
+
 # ---------------------------------------------------------------- tokenization
 
 

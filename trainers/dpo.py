@@ -43,7 +43,7 @@ from trainers.common import (
     save_final_model,
     set_seed,
 )
-from trainers.data import LengthReport, load_rows, load_training_rows, pad_right, split_eval, tokenize_messages, validate_rows
+from trainers.data import LengthReport, pad_right, tokenize_messages, train_and_eval_rows
 
 
 @dataclass
@@ -314,12 +314,7 @@ def train_dpo(config: DPOConfig) -> dict[str, Any]:
     import torch
 
     set_seed(config.seed)
-    rows, mix = load_training_rows(config.data, "preference", config.seed)
-    if config.eval_data:
-        eval_rows = load_rows(config.eval_data, "preference")
-        validate_rows(eval_rows, "preference")
-    else:
-        rows, eval_rows = split_eval(rows, config.eval_fraction, config.seed)
+    rows, eval_rows, mix = train_and_eval_rows(config, "preference")
 
     model, tokenizer = load_model_and_tokenizer(config.model, **model_options(config))
     disable_dropout(model)

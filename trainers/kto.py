@@ -39,7 +39,7 @@ from trainers.common import (
     save_final_model,
     set_seed,
 )
-from trainers.data import DataError, LengthReport, load_rows, load_training_rows, split_eval, validate_rows
+from trainers.data import DataError, LengthReport, train_and_eval_rows
 from trainers.dpo import (
     collate_sequences,
     disable_dropout,
@@ -211,12 +211,7 @@ def train_kto(config: KTOConfig) -> dict[str, Any]:
     import torch
 
     set_seed(config.seed)
-    rows, mix = load_training_rows(config.data, "kto", config.seed)
-    if config.eval_data:
-        eval_rows = load_rows(config.eval_data, "kto")
-        validate_rows(eval_rows, "kto")
-    else:
-        rows, eval_rows = split_eval(rows, config.eval_fraction, config.seed)
+    rows, eval_rows, mix = train_and_eval_rows(config, "kto")
 
     model, tokenizer = load_model_and_tokenizer(config.model, **model_options(config))
     disable_dropout(model)

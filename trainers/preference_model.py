@@ -37,7 +37,7 @@ from trainers.common import (
     save_final_model,
     set_seed,
 )
-from trainers.data import LengthReport, load_rows, load_training_rows, pad_right, split_eval, tokenize_messages, validate_rows
+from trainers.data import LengthReport, pad_right, tokenize_messages, train_and_eval_rows
 
 
 @dataclass
@@ -163,12 +163,7 @@ def train_preference_model(config: PMConfig) -> dict[str, Any]:
     from trainers.losses import soft_bt_loss
 
     set_seed(config.seed)
-    rows, mix = load_training_rows(config.data, "preference", config.seed)
-    if config.eval_data:
-        eval_rows = load_rows(config.eval_data, "preference")
-        validate_rows(eval_rows, "preference")
-    else:
-        rows, eval_rows = split_eval(rows, config.eval_fraction, config.seed)
+    rows, eval_rows, mix = train_and_eval_rows(config, "preference")
 
     model, tokenizer = load_model_and_tokenizer(config.model, head="score", **model_options(config))
     train_report = LengthReport(config.max_length, config.on_long, "train")

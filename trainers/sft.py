@@ -33,7 +33,7 @@ from trainers.common import (
     save_final_model,
     set_seed,
 )
-from trainers.data import LengthReport, load_rows, load_training_rows, pad_right, split_eval, tokenize_messages, validate_rows
+from trainers.data import LengthReport, pad_right, tokenize_messages, train_and_eval_rows
 
 
 @dataclass
@@ -132,12 +132,7 @@ def train_sft(config: SFTConfig) -> dict[str, Any]:
     import torch
 
     set_seed(config.seed)
-    rows, mix = load_training_rows(config.data, "sft", config.seed)
-    if config.eval_data:
-        eval_rows = load_rows(config.eval_data, "sft")
-        validate_rows(eval_rows, "sft")
-    else:
-        rows, eval_rows = split_eval(rows, config.eval_fraction, config.seed)
+    rows, eval_rows, mix = train_and_eval_rows(config, "sft")
 
     model, tokenizer = load_model_and_tokenizer(config.model, **model_options(config))
     train_report = LengthReport(config.max_length, config.on_long, "train")
