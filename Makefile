@@ -38,6 +38,8 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/generation.py
 	$(PY) benchmarks/labeling.py
+	$(PY) benchmarks/training.py
+	$(PY) benchmarks/ppo.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
