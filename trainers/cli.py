@@ -29,7 +29,7 @@ SFT_HELP = """Supervised fine-tuning on chats (`messages` column); the loss cove
 
 \b
 Examples:
-  cai train sft --data runs/slcai/export/sft.jsonl --model smollm2-135m --out runs/sft
+  cai train sft --data runs/slcai/exports/sft.jsonl --model smollm2-135m --out runs/sft
   cai train sft --data revisions.jsonl:0.7 --data helpful.jsonl:0.3 --model smollm2-135m \\
       --out runs/sft-mix --epochs 2 --batch-size 8 --grad-accum 4 --max-length 512 --on-long truncate
   cai train sft --config sft.yaml --lora-r 16          # YAML keys are the option names
@@ -44,7 +44,7 @@ Bradley–Terry loss on prompt/chosen/rejected rows (p_chosen = AI label; absent
 
 \b
 Examples:
-  cai train pm --data runs/labels/export/preferences.jsonl --model smollm2-135m --out runs/pm
+  cai train pm --data runs/prefs/exports/prefs.jsonl --model smollm2-135m --out runs/pm
   cai train pm --data prefs.jsonl --model runs/sft --out runs/pm --eval-fraction 0.1 --lr 1e-5
   cai train pm --config pm.yaml --no-resume
 
@@ -112,7 +112,7 @@ before training with the initial policy (or --ref-model) and cached in OUT: no s
 
 \b
 Examples:
-  cai train dpo --data runs/labels/export/preferences.jsonl --model smollm2-135m --out runs/dpo
+  cai train dpo --data runs/prefs/exports/prefs.jsonl --model smollm2-135m --out runs/dpo
   cai train dpo --data prefs.jsonl --model runs/sft --out runs/dpo --beta 0.1 --lr 5e-7 \\
       --batch-size 4 --grad-accum 8 --max-length 512 --on-long truncate
   cai train dpo --data prefs.jsonl --model runs/sft --ref-model smollm2-135m --out runs/dpo-ref
@@ -128,7 +128,7 @@ pairs; their reference log-probs are precomputed with the others.
 
 \b
 Examples:
-  cai train kto --data runs/binary/export/kto.jsonl --model smollm2-135m --out runs/kto
+  cai train kto --data runs/binary/exports/kto.jsonl --model smollm2-135m --out runs/kto
   cai train kto --data kto.jsonl --model runs/sft --out runs/kto --balance --beta 0.1 --lr 5e-7
   cai train kto --data kto.jsonl --model runs/sft --desirable-weight 1.0 --undesirable-weight 1.33 --out runs/kto
 
