@@ -8,7 +8,6 @@ started with other settings, a model that does not load) exit with code 2 and on
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 import textwrap
@@ -17,6 +16,8 @@ from types import SimpleNamespace
 from typing import Optional
 
 import typer
+
+from .engines import ENGINE_OPT_HELP
 
 generate_app = typer.Typer(
     help="Generate datasets: SL-CAI critique/revision records, or N sampled responses per prompt for AI labeling.",
@@ -61,32 +62,24 @@ def _precheck_run_dir(out: Path, kind: str, identity: dict, overwrite: bool) -> 
         raise _fail(str(e)) from None
 
 
-def _load_engine(engine: str, model: str, *, batch_size: int, base_url: str | None, device: str | None, dtype: str | None, trust_remote_code: bool):
+def _load_engine(engine: str, model: str, *, batch_size: int, base_url: str | None, device: str | None, dtype: str | None,
+                 trust_remote_code: bool, engine_opt: list[str] | None = None):
     """Build the engine, passing each option only to back ends that take it."""
-    import importlib
-
-    from .engines import ENGINES, load_engine
+    from .engines import ENGINES, engine_class, engine_options, load_engine
 
     if engine not in ENGINES:
         raise _fail(f"unknown --engine {engine!r}; choose one of: {', '.join(sorted(ENGINES))}")
-    wanted = {"batch_size": batch_size, "base_url": base_url, "device": device, "dtype": dtype, "trust_remote_code": trust_remote_code or None}
-    module_name, cls_name = ENGINES[engine].split(":")
+    flags = {"batch_size": batch_size, "base_url": base_url, "device": device, "dtype": dtype, "trust_remote_code": trust_remote_code or None}
     try:
-        cls = getattr(importlib.import_module(module_name), cls_name)
+        engine_class(engine)
+        options = engine_options(engine, flags, engine_opt or ())
     except ImportError as e:
         raise _fail(f"the {engine!r} engine is not available: {e}") from None
-    accepted = set(inspect.signature(cls).parameters)
-    options = {}
-    for key, value in wanted.items():
-        if value is None:
-            continue
-        if key in accepted:
-            options[key] = value
-        elif key != "batch_size":  # batch size is also our chunking unit; other options are the user's explicit ask
-            raise _fail(f"--{key.replace('_', '-')} is not an option of the {engine!r} engine")
+    except ValueError as e:
+        raise _fail(str(e)) from None
     try:
         return load_engine(engine, model, **options)
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
         raise _fail(f"cannot load model {model!r} with the {engine!r} engine: {e}") from None
 
 
@@ -133,6 +126,7 @@ def sl_cai_command(
     engine: str = typer.Option("transformers", help="Back end: transformers, openai or vllm."),
     model: str = typer.Option(DEFAULT_MODEL, help="Model: the embedded smollm2-135m, a local folder, or (for openai) the served model name."),
     base_url: Optional[str] = typer.Option(None, help="Server URL for --engine openai (e.g. http://localhost:8000/v1)."),
+    engine_opt: Optional[list[str]] = typer.Option(None, "--engine-opt", help=ENGINE_OPT_HELP),
     device: Optional[str] = typer.Option(None, help="transformers device (default: cuda if available, else cpu)."),
     dtype: Optional[str] = typer.Option(None, help="Model dtype: auto, float32, bfloat16, float16."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model folder (off by default)."),
@@ -182,7 +176,7 @@ def sl_cai_command(
 
     named = SimpleNamespace(name=engine, model_id=model)  # what the identity needs, before the model loads
     _precheck_run_dir(out, RUN_KIND, sl_cai_identity(cons, named, rounds=rounds, revision_only=revision_only, seed=seed, params=params, few_shot=few_shot), overwrite)
-    eng = _load_engine(engine, model, batch_size=batch_size, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    eng = _load_engine(engine, model, batch_size=batch_size, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, engine_opt=engine_opt)
     try:
         summary = run_sl_cai(cons, items, eng, out, rounds=rounds, revision_only=revision_only, seed=seed, params=params,
                              batch_size=batch_size, few_shot=few_shot, overwrite=overwrite, progress=not quiet)
@@ -215,6 +209,7 @@ def pairs_command(
     engine: str = typer.Option("transformers", help="Back end: transformers, openai or vllm."),
     model: str = typer.Option(DEFAULT_MODEL, help="Policy model: the embedded smollm2-135m, a local folder, or a served model name."),
     base_url: Optional[str] = typer.Option(None, help="Server URL for --engine openai."),
+    engine_opt: Optional[list[str]] = typer.Option(None, "--engine-opt", help=ENGINE_OPT_HELP),
     device: Optional[str] = typer.Option(None, help="transformers device."),
     dtype: Optional[str] = typer.Option(None, help="Model dtype: auto, float32, bfloat16, float16."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model folder."),
@@ -250,7 +245,7 @@ def pairs_command(
     params = _params(max_new_tokens, temperature, top_p, seed)
     identity = {"model": model, "engine": engine, "n": n, "seed": seed, "params": sampling_identity(params), "system_prompt": system_prompt}
     _precheck_run_dir(out, RUN_KIND, identity, overwrite)
-    eng = _load_engine(engine, model, batch_size=batch_size, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    eng = _load_engine(engine, model, batch_size=batch_size, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, engine_opt=engine_opt)
     try:
         summary = run_pairs(items, eng, out, n=n, seed=seed, params=params, batch_size=batch_size,
                             system_prompt=system_prompt, overwrite=overwrite, progress=not quiet)

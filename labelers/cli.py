@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from generators.engines import ENGINE_OPT_HELP
+
 app = typer.Typer(
     help="AI feedback: preference labels from option log-probs (both orders averaged), binary KTO labels, "
     "direct 1-10 scores, and evaluation of a labeler against gold comparisons.",
@@ -46,16 +48,14 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def _load_engine(engine: str, model: str, base_url: Optional[str], tokenizer: Optional[str], batch_size: int,
-                 device: Optional[str]):
-    from generators.engines import load_engine
+                 device: Optional[str], engine_opt: Optional[list[str]] = None):
+    from generators.engines import engine_options, load_engine
 
-    if engine != "openai" and (base_url or tokenizer):
-        raise ValueError("--base-url and --tokenizer are options of --engine openai")
-    options = {"transformers": dict(batch_size=batch_size, device=device),
-               "openai": dict(base_url=base_url, tokenizer=tokenizer)}.get(engine, {})
     try:
+        options = engine_options(engine, {"base_url": base_url, "tokenizer": tokenizer, "batch_size": batch_size, "device": device},
+                                 engine_opt or ())
         return load_engine(engine, model, **options)
-    except (ImportError, RuntimeError, OSError) as e:  # missing extra, unknown model, no GPU ...
+    except (ImportError, RuntimeError, OSError, TypeError) as e:  # missing extra, unknown model, no GPU ...
         raise ValueError(f"cannot load --engine {engine} with model {model!r}: {e}") from None
 
 
@@ -90,6 +90,7 @@ def preference_command(
     engine: str = typer.Option("transformers", help=ENGINE_HELP),
     labeler_model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     base_url: Optional[str] = typer.Option(None, help=BASE_URL_HELP),
+    engine_opt: Optional[list[str]] = typer.Option(None, "--engine-opt", help=ENGINE_OPT_HELP),
     tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
     template: str = typer.Option("cai_mc", help="cai_mc (Anthropic-style options), rlaif (Preferred Response=), chat (instruct models)."),
     ensemble: int = typer.Option(1, help="Principles per comparison: 1 = one drawn per comparison; K = average of K distinct ones."),
@@ -123,7 +124,7 @@ def preference_command(
     def work():
         clamp = _clamp(cot_clamp)
         const = _constitution(constitution)
-        eng = _load_engine(engine, labeler_model, base_url, tokenizer, batch_size, device)
+        eng = _load_engine(engine, labeler_model, base_url, tokenizer, batch_size, device, engine_opt)
         return label_preferences(const, pairs, eng, out, template=template, ensemble=ensemble,
                                  both_orders=not single_order, cot=cot, cot_clamp=clamp, cot_max_tokens=cot_max_tokens,
                                  seed=seed, batch_size=batch_size, all_pairs=all_pairs, min_margin=min_margin,
@@ -143,6 +144,7 @@ def binary_command(
     engine: str = typer.Option("transformers", help=ENGINE_HELP),
     labeler_model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     base_url: Optional[str] = typer.Option(None, help=BASE_URL_HELP),
+    engine_opt: Optional[list[str]] = typer.Option(None, "--engine-opt", help=ENGINE_OPT_HELP),
     tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
     template: str = typer.Option("binary", help="Template name (labelers/templates/binary.j2, or the constitution's override)."),
     min_margin: float = typer.Option(0.0, help="The KTO export drops responses with |p_desirable - 0.5| < margin."),
@@ -165,7 +167,7 @@ def binary_command(
 
     def work():
         const = None if question else _constitution(constitution)
-        eng = _load_engine(engine, labeler_model, base_url, tokenizer, batch_size, device)
+        eng = _load_engine(engine, labeler_model, base_url, tokenizer, batch_size, device, engine_opt)
         return label_binary(const, inputs, eng, out, question=question, template=template, seed=seed,
                             batch_size=batch_size, min_margin=min_margin, overwrite=overwrite, progress=not quiet)
 
@@ -182,6 +184,7 @@ def score_command(
     engine: str = typer.Option("transformers", help=ENGINE_HELP),
     labeler_model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     base_url: Optional[str] = typer.Option(None, help=BASE_URL_HELP),
+    engine_opt: Optional[list[str]] = typer.Option(None, "--engine-opt", help=ENGINE_OPT_HELP),
     tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
     template: str = typer.Option("score", help="Template name (labelers/templates/score.j2, or the constitution's override)."),
     batch_size: int = typer.Option(32, help="Responses scored per call (each needs 10 option rows)."),
@@ -203,7 +206,7 @@ def score_command(
 
     def work():
         const = None if question else _constitution(constitution)
-        eng = _load_engine(engine, labeler_model, base_url, tokenizer, batch_size, device)
+        eng = _load_engine(engine, labeler_model, base_url, tokenizer, batch_size, device, engine_opt)
         return label_scores(const, inputs, eng, out, question=question, template=template, seed=seed,
                             batch_size=batch_size, overwrite=overwrite, progress=not quiet)
 
@@ -217,6 +220,7 @@ def eval_command(
     labeler_model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     engine: str = typer.Option("transformers", help=ENGINE_HELP),
     base_url: Optional[str] = typer.Option(None, help=BASE_URL_HELP),
+    engine_opt: Optional[list[str]] = typer.Option(None, "--engine-opt", help=ENGINE_OPT_HELP),
     tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
     constitution: str = typer.Option("harmless", help="Feedback principles for prompt/chosen/rejected gold lines."),
     template: str = typer.Option("cai_mc", help="Template for prompt/chosen/rejected gold lines (MC lines are scored as given)."),
@@ -245,7 +249,7 @@ def eval_command(
         items = load_gold(gold, seed)
         needs_constitution = any(i.format == "pair" for i in items)
         const = _constitution(constitution) if needs_constitution else None
-        eng = _load_engine(engine, labeler_model, base_url, tokenizer, batch_size, device)
+        eng = _load_engine(engine, labeler_model, base_url, tokenizer, batch_size, device, engine_opt)
         return evaluate_labeler(eng, items, constitution=const, template=template, seed=seed,
                                 batch_size=batch_size, progress=not quiet)
 
