@@ -240,6 +240,62 @@ def test_score_options_shares_a_long_common_prefix(engine, options):
     assert engine.score_options([contexts[0], SUFFIXES[1]], options)[0] == pytest.approx(got[0], abs=1e-4)
 
 
+SHARED_CHAT_START = [
+    {"role": "system", "content": "You are a careful assistant. Point out anything harmful, then rewrite the answer."},
+    {"role": "user", "content": "How do I bake bread?"},
+    {"role": "assistant", "content": "Mix flour, water, salt and yeast, knead, let it rise, then bake it hot."},
+    {"role": "user", "content": "Critique that answer."},
+    {"role": "assistant", "content": "It is helpful and harmless; it could mention the oven temperature."},
+]  # a constitution's system prompt and few-shot exchange, in front of every request
+
+
+def test_generate_shares_a_long_common_prefix(engine, monkeypatch):
+    """Greedy generation of chats that share a long system + few-shot start: the shared start runs
+    once at batch 1, no forward re-runs a whole prompt, and every row's tokens are exactly those of
+    the plain path (sharing forced off) and of one-prompt-at-a-time unpadded decoding."""
+    from generators.engines import transformers_engine
+
+    chats = [SHARED_CHAT_START + [{"role": "user", "content": s}] for s in SUFFIXES]
+    ids = [engine.tokenizer(engine.render_chat(c)).input_ids for c in chats]
+    shared = min(next(i for i, t in enumerate(row) if t != ids[0][i]) for row in ids[1:])
+    assert shared >= 60 and len({len(r) - shared for r in ids}) >= 3  # long prefix, ragged suffixes
+    params = GenerationParams(max_new_tokens=8, temperature=0)
+    calls = []
+    hook = engine.model.register_forward_pre_hook(
+        lambda m, a, kw: calls.append((kw["input_ids"].shape, kw.get("position_ids"))), with_kwargs=True
+    )
+    try:
+        got = engine.generate(chats, params)
+    finally:
+        hook.remove()
+    widths = [shape for shape, _ in calls]
+    assert widths[0] == (1, shared), "the common prefix ran once, at batch 1"
+    assert widths[1] == (len(chats), max(len(r) for r in ids) - shared), "generate prefilled only the suffixes"
+    assert all(w[1] < min(len(r) for r in ids) for w in widths), "no forward re-ran a whole prompt"
+    # the suffixes' positions continue after the prefix, as if each row were unpadded
+    prefill_positions = calls[1][1]
+    for row, prompt in enumerate(sorted(ids, key=len, reverse=True)):  # the engine's batch order
+        own = len(prompt) - shared
+        assert prefill_positions[row, -own:].tolist() == list(range(shared, len(prompt)))
+
+    monkeypatch.setattr(transformers_engine, "MIN_SHARED_PREFIX", 10_000)
+    plain = engine.generate(chats, params)
+    for chat, completion, reference in zip(chats, got, plain):
+        assert (completion.text, completion.completion_tokens) == (reference.text, reference.completion_tokens)
+        assert completion.text == engine.tokenizer.decode(naive_greedy(engine, chat, 8), skip_special_tokens=True)
+    assert len({c.text for c in got}) > 1, "rows differ, so a mixed-up row would show"
+
+
+def test_generate_seeded_sampling_is_the_same_with_a_shared_prefix(engine, monkeypatch):
+    from generators.engines import transformers_engine
+
+    chats = [SHARED_CHAT_START + [{"role": "user", "content": s}] for s in SUFFIXES]
+    params = GenerationParams(max_new_tokens=8, temperature=1.0, top_p=0.95, seed=3)
+    shared = engine.generate(chats, params)
+    monkeypatch.setattr(transformers_engine, "MIN_SHARED_PREFIX", 10_000)
+    assert [c.text for c in engine.generate(chats, params)] == [c.text for c in shared]
+
+
 def test_bad_input_errors(engine):
     with pytest.raises(ValueError, match="one continuation per context"):
         engine.score(["a", "b"], ["c"])

@@ -4,7 +4,9 @@ Generation is batched: requests are tokenized, sorted by length (so a batch hold
 similar length and little padding), left-padded (so every row's next token sits in the last
 column) and handed to ``model.generate``; completions come back in request order. Sampling seeds
 the torch generator with ``seed + batch index`` before each batch: a run is reproducible for the
-same requests, seed and batch size.
+same requests, seed and batch size. When every prompt of a batch starts with the same long token
+prefix (a constitution's system prompt and few-shot exchanges), that prefix is run once and its KV
+cache handed to ``generate`` for all the batch's rows.
 
 Scoring computes the summed log-probability of continuation tokens. Contexts are left-padded so
 every row's continuation sits at the end, and ``logits_to_keep`` asks the model for the output
@@ -137,12 +139,15 @@ class TransformersEngine:
         stop_kwargs = self._stop_kwargs([s for s in params.stop if s])
         for batch_index, start in enumerate(range(0, len(order), self.batch_size)):
             batch = order[start : start + self.batch_size]
-            ids, mask, _ = self._left_pad([encoded[i] for i in batch])
-            if params.seed is not None and config.do_sample:
-                torch.manual_seed(params.seed + batch_index)
+            rows = [encoded[i] for i in batch]
             with torch.inference_mode():
+                ids, mask, prefix_kwargs = self._generation_inputs(rows)
+                # Seeded after the shared prefix's forward (which draws no random numbers), at the
+                # same point as without sharing, so a seeded run samples the same tokens either way.
+                if params.seed is not None and config.do_sample:
+                    torch.manual_seed(params.seed + batch_index)
                 out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, generation_config=config, **stop_kwargs
+                    input_ids=ids, attention_mask=mask, generation_config=config, **prefix_kwargs, **stop_kwargs
                 )
             new_tokens = out[:, ids.shape[1] :].tolist()
             for row, request_index in enumerate(batch):
@@ -150,6 +155,34 @@ class TransformersEngine:
                     new_tokens[row], len(encoded[request_index]), params
                 )
         return results  # type: ignore[return-value]
+
+    def _generation_inputs(self, rows: list[list[int]]):
+        """(input_ids, attention_mask, extra generate kwargs) for one batch of prompts.
+
+        When the rows all start with the same long token prefix (a constitution's system prompt and
+        few-shot exchanges), that prefix runs once at batch 1 and its KV cache, repeated for every
+        row, is handed to generate. The ids are then [prefix | left-padded suffixes] and the mask
+        [ones | suffix padding and ones]: generate prefills only the columns after the cache, and
+        positions from the mask's cumsum skip the holes, so each row sees the positions it would see
+        unpadded. Every row keeps at least one token of its own to prefill."""
+        import torch
+
+        shared = _common_prefix_length(rows) if self._shares_prefix and len(rows) > 1 else 0
+        shared = min(shared, min(len(r) for r in rows) - 1)
+        if shared < MIN_SHARED_PREFIX:
+            ids, mask, _ = self._left_pad(rows)
+            return ids, mask, {}
+        prefix = torch.tensor([rows[0][:shared]], device=self.device)
+        cache = _cache_of(self.model(input_ids=prefix, logits_to_keep=1, use_cache=True))
+        if not _is_plain_dynamic_cache(cache):
+            log.info("not sharing a batch's common prefix: the model's cache is a %s", type(cache).__name__)
+            self._shares_prefix = False
+            return self._generation_inputs(rows)
+        cache.batch_repeat_interleave(len(rows))
+        suffix_ids, suffix_mask, _ = self._left_pad([r[shared:] for r in rows])
+        ids = torch.cat([prefix.expand(len(rows), -1), suffix_ids], dim=1)
+        mask = torch.cat([suffix_mask.new_ones((len(rows), shared)), suffix_mask], dim=1)
+        return ids, mask, {self._cache_argument: cache}
 
     def _fit_prompt(self, ids: list[int], max_new_tokens: int, index: int) -> list[int]:
         if self.max_length is None or len(ids) + max_new_tokens <= self.max_length:
