@@ -65,13 +65,12 @@ def _precheck_run_dir(out: Path, kind: str, identity: dict, overwrite: bool) -> 
 def _load_engine(engine: str, model: str, *, batch_size: int, base_url: str | None, device: str | None, dtype: str | None,
                  trust_remote_code: bool, engine_opt: list[str] | None = None):
     """Build the engine, passing each option only to back ends that take it."""
-    from .engines import ENGINES, engine_class, engine_options, load_engine
+    from .engines import ENGINES, engine_options, load_engine
 
     if engine not in ENGINES:
         raise _fail(f"unknown --engine {engine!r}; choose one of: {', '.join(sorted(ENGINES))}")
     flags = {"batch_size": batch_size, "base_url": base_url, "device": device, "dtype": dtype, "trust_remote_code": trust_remote_code or None}
-    try:
-        engine_class(engine)
+    try:  # engine_options imports the back end, so a missing optional dependency shows here
         options = engine_options(engine, flags, engine_opt or ())
     except ImportError as e:
         raise _fail(f"the {engine!r} engine is not available: {e}") from None
