@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sys
 import threading
 import time
 import zlib
@@ -61,7 +62,7 @@ def default_next_tokens(prefix: str) -> dict[str, float]:
 
 @dataclass
 class RecordedRequest:
-    path: str
+    path: str  # with the query string, as sent
     headers: dict[str, str]  # names lower-cased
     body: dict
     received_at: float
@@ -134,7 +135,7 @@ class FakeOpenAIServer:
         return f"http://{host}:{port}/v1"
 
     def start(self) -> "FakeOpenAIServer":
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd = _QuietHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -184,10 +185,10 @@ class FakeOpenAIServer:
     def default_response(self, request: RecordedRequest) -> dict | Reply:
         if self.api_key is not None and request.headers.get("authorization") != f"Bearer {self.api_key}":
             return Reply.error(401, "invalid api key")
-        body = request.body
-        if request.path.endswith("/chat/completions"):
+        body, path = request.body, request.path.partition("?")[0]  # a query (?api-version=…) does not route
+        if path.endswith("/chat/completions"):
             return self._chat(body)
-        if request.path.endswith("/completions"):
+        if path.endswith("/completions"):
             return self._completion(body)
         return Reply.error(404, f"no route {request.path}")
 
@@ -267,6 +268,16 @@ class FakeOpenAIServer:
         if self.include_text_offset:
             out["text_offset"] = offsets
         return out
+
+
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """A client that gives up (cancelled requests, closed keep-alive connections) is no server error:
+    socketserver would print a traceback to stderr, where CLI tests look for "Traceback"."""
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 def _make_handler(server: FakeOpenAIServer):

@@ -7,6 +7,7 @@ connections go through httpx and tenacity exactly as they would against ``vllm s
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import logging
 import math
@@ -24,6 +25,7 @@ from generators.engines.openai_engine import (
     _retry_after,
     continuation_logprob,
     option_logprobs_from_top,
+    redact_url,
 )
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0}
@@ -152,8 +154,10 @@ def test_client_errors_are_not_retried(fake_openai_server, status):
     message = str(info.value)
     assert f"HTTP {status}" in message and "does not exist" in message and "/v1/chat/completions" in message
     assert info.value.status == status
+    assert isinstance(info.value, ConnectionError) and isinstance(info.value, RuntimeError)  # CLIs: OSError → "error:"
     if status == 401:
-        assert "$OPENAI_API_KEY" in message
+        assert "HTTP 401 Unauthorized from http://127.0.0.1:" in message
+        assert "check the API key variable $OPENAI_API_KEY" in message
 
 
 def test_long_error_bodies_are_truncated(fake_openai_server):
@@ -169,8 +173,8 @@ def test_gives_up_after_max_retries_naming_endpoint_and_cause(fake_openai_server
         engine_for(fake_openai_server, max_retries=2).generate(["p"], GenerationParams())
     assert len(fake_openai_server.requests) == 3
     message = str(info.value)
-    assert "/v1/completions" in message and "3 attempts" in message and "HTTP 503" in message
-    assert "still loading" in message
+    assert "/v1/completions kept failing: HTTP 503 Service Unavailable: still loading (after 3 tries)" in message
+    assert info.value.status == 503 and "\n" not in message
 
 
 def test_unreachable_server_gives_up_with_a_clear_error():
@@ -178,8 +182,27 @@ def test_unreachable_server_gives_up_with_a_clear_error():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     engine = OpenAIEngine("m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=1, **FAST)
-    with pytest.raises(OpenAIServerError, match=rf"127.0.0.1:{port}/v1/completions failed after 2 attempts.*Connect"):
+    with pytest.raises(OpenAIServerError, match=rf"^cannot reach http://127.0.0.1:{port}/v1/completions "
+                       r"\(connection refused\) after 2 tries"):
         engine.generate(["p"], GenerationParams())
+
+
+@pytest.mark.parametrize("fault,reason", [
+    (Reply.hang(2.0), r"\(no response within 0.2 s\) after 1 try; a slow server may need --engine-opt timeout="),
+    (Reply.dropped(), r"\(the connection was dropped: .*\) after 1 try$"),
+], ids=["timeout", "dropped"])
+def test_a_server_that_does_not_answer_is_named_as_such(fake_openai_server, fault, reason):
+    fake_openai_server.responder = lambda req: fault
+    with pytest.raises(OpenAIServerError, match=r"^no answer from http://127.0.0.1:\d+/v1/completions " + reason):
+        engine_for(fake_openai_server, timeout=0.2, max_retries=0).generate(["p"], GenerationParams())
+
+
+def test_unknown_host_is_named():
+    engine = OpenAIEngine("m", base_url="http://user:pw-1234@no-such-host.invalid/v1", max_retries=0, **FAST)
+    with pytest.raises(OpenAIServerError, match=r"cannot reach http://\*\*\*@no-such-host.invalid/v1/completions "
+                       r"\(host not found") as info:
+        engine.generate(["p"], GenerationParams())
+    assert "pw-1234" not in str(info.value)
 
 
 # ---------------------------------------------------------------------- API key hygiene
@@ -202,6 +225,40 @@ def test_api_key_is_sent_as_bearer_and_never_leaks(monkeypatch, caplog):
     assert secret not in repr(engine) and secret not in repr(vars(engine))
     assert any("retry 1/" in r.getMessage() for r in caplog.records)
     assert secret not in caplog.text
+
+
+def test_credentials_in_the_base_url_are_used_but_never_shown(monkeypatch, caplog):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    caplog.set_level(logging.DEBUG)  # httpx logs every request's URL at INFO
+    password, query_key = "pa:ss/w@rd-SECRET", "query-SECRET-42"
+    with FakeOpenAIServer() as server:
+        host = server.base_url.removeprefix("http://")
+        raw = f"http://me:{password}@{host}/?api_key={query_key}&api-version=2024"
+        engine = OpenAIEngine("toy-model", base_url=raw, **FAST)
+        assert engine.base_url == f"http://***@{host}?api_key=***&api-version=2024"
+        server.script(Reply.error(500, "transient"))  # a retry warning
+        engine.generate(["p"], GenerationParams())
+        first = server.requests[0]
+        # Sent as httpx would: basic auth from the userinfo, the query after the endpoint's path.
+        assert first.headers["authorization"] == f"Basic {base64.b64encode(f'me:{password}'.encode()).decode()}"
+        assert first.path == f"/v1/completions?api_key={query_key}&api-version=2024"
+        # A proxy echoing the URL and the basic-auth header back in an error.
+        server.script(Reply.error(400, f"bad {raw} with {first.headers['authorization']}"))
+        with pytest.raises(OpenAIServerError) as info:
+            engine.generate(["p"], GenerationParams())
+    message = str(info.value)
+    assert message.startswith(f"HTTP 400 Bad Request from http://***@{host}/completions?api_key=***&api-version=2024: bad ")
+    shown = " ".join([message, repr(engine), repr(vars(engine)), caplog.text])
+    assert any("HTTP Request: POST" in r.getMessage() for r in caplog.records)  # httpx's line, redacted
+    for secret in (password, query_key, base64.b64encode(f"me:{password}".encode()).decode()):
+        assert secret not in shown
+
+
+def test_redact_url():
+    assert redact_url("http://localhost:8000/v1") == "http://localhost:8000/v1"
+    assert redact_url("http://user:pass@host/v1") == "http://***@host/v1"
+    assert redact_url("https://tok@host:1/v1?key=abc&api-version=1;token=t") == "https://***@host:1/v1?key=***&api-version=1;token=***"
+    assert redact_url("http://host/v1?x-api-key=a&sig=b&model=m") == "http://host/v1?x-api-key=***&sig=***&model=m"
 
 
 def test_missing_api_key_sends_no_authorization_header(fake_openai_server, monkeypatch):
@@ -295,7 +352,7 @@ def test_top_logprobs_rejects_ambiguous_options():
 
 def test_score_rate_limit_exhaustion_is_not_a_capability_error(fake_openai_server):
     fake_openai_server.script(*[Reply.error(429, "slow down", retry_after=0) for _ in range(2)])
-    with pytest.raises(OpenAIServerError, match="2 attempts.*HTTP 429"):
+    with pytest.raises(OpenAIServerError, match=r"kept failing: HTTP 429 Too Many Requests: slow down \(after 2 tries\)"):
         engine_for(fake_openai_server, max_retries=1).score(["ctx"], [" cont"])
 
 
@@ -322,5 +379,5 @@ def test_error_message_is_extracted_from_common_error_shapes(fake_openai_server)
     fake_openai_server.script(*[Reply(body, status=400) for body in bodies])
     engine = engine_for(fake_openai_server)
     for expected in ("openai-style message", "vllm-style message", "tgi-style message"):
-        with pytest.raises(OpenAIServerError, match=rf"HTTP 400: {expected}$"):
+        with pytest.raises(OpenAIServerError, match=rf"HTTP 400 Bad Request from .*/v1/completions: {expected}$"):
             engine.generate(["p"], GenerationParams())
