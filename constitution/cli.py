@@ -161,7 +161,11 @@ class ImportFormat(str, Enum):
 
 
 class _PromptDumper(yaml.SafeDumper):
-    """Multi-line strings as literal blocks, so imported prompts stay readable and editable."""
+    """Multi-line strings as literal blocks, so imported prompts stay readable and editable; no
+    anchors/aliases for repeated values (the loader refuses them)."""
+
+    def ignore_aliases(self, data):
+        return True
 
 
 def _str_representer(dumper, text: str):

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .loader import ConstitutionError, Problem, constitution_from_data, format_key_path
+from .loader import ConstitutionError, Problem, constitution_from_data, format_key_path, utf8_problem
 from .schema import Constitution
 
 
@@ -30,13 +30,17 @@ class ConstitutionImportWarning(UserWarning):
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        return json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConstitutionError(path, "file not found") from None
     except json.JSONDecodeError as e:
         raise ConstitutionError(path, [Problem("", f"not valid JSON: {e.msg} (column {e.colno})", e.lineno)]) from None
     except UnicodeDecodeError as e:
-        raise ConstitutionError(path, f"not UTF-8 text ({e.reason})") from None
+        line, message = utf8_problem(data, e)
+        raise ConstitutionError(path, [Problem("", message, line)]) from None
+    except RecursionError:
+        raise ConstitutionError(path, "not valid JSON: nested too deeply") from None
     except OSError as e:
         raise ConstitutionError(path, f"cannot read the file: {e.strerror or e}") from None
 

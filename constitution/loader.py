@@ -4,7 +4,9 @@ Every problem is reported as a :class:`ConstitutionError` that names the file, t
 (``critique_revision[3].revision``), the line where YAML puts it, and what was expected, so a
 user can fix the file without reading a pydantic traceback.
 
-YAML is read with the safe loader only; tags that would build Python objects are rejected.
+YAML is read with the safe loader only; tags that would build Python objects are rejected, and so
+are anchors and aliases (``&a`` / ``*a``): a recursive alias never ends and nested ones ("billion
+laughs") grow exponentially, and a constitution has no need for either.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .schema import Constitution
 
 LIBRARY_DIR = Path(__file__).resolve().parent / "library"
 _MAX_REPORTED = 12  # a file with 200 problems is one mistake repeated; the first dozen are enough
+_MAX_DEPTH = 50  # YAML nesting; a constitution needs 4 levels
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,42 @@ def _yaml_lines(node: yaml.Node, path: tuple = (), out: dict | None = None, dupe
     return out, dupes
 
 
+class YAMLRefused(yaml.YAMLError):
+    """An anchor/alias or too deep nesting, refused by :class:`StrictLoader`; ``line`` is 1-based."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__(f"line {line}: {message}")
+        self.line, self.message = line, message
+
+
+class StrictLoader(yaml.SafeLoader):
+    """The safe loader, refusing anchors/aliases and deep nesting as soon as the parser meets them
+    (before any node is built). Also for other YAML the project reads: ``yaml.load(text, Loader=StrictLoader)``."""
+
+    depth = 0
+    kind = "constitutions"  # what the refusal says aliases are not allowed in
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise YAMLRefused(line, f"YAML aliases/anchors are not allowed in {self.kind}")
+        if self.depth >= _MAX_DEPTH:
+            raise YAMLRefused(line, f"nested more than {_MAX_DEPTH} levels deep")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def utf8_problem(data: bytes, error: UnicodeDecodeError) -> tuple[int, str]:
+    """(1-based line, "not valid UTF-8 (byte 0xff at column 7)") for a decode error in ``data``."""
+    start = data.rfind(b"\n", 0, error.start) + 1
+    column = len(data[start : error.start].decode("utf-8", "replace")) + 1
+    return data.count(b"\n", 0, start) + 1, f"not valid UTF-8 (byte 0x{data[error.start]:02x} at column {column})"
+
+
 def _keep_version_text(root: yaml.Node, data: Any) -> None:
     """Keep ``version: 1.10`` as the text "1.10": YAML would read it as the float 1.1."""
     if not (isinstance(root, yaml.MappingNode) and isinstance(data, dict)):
@@ -114,7 +153,7 @@ def _keep_version_text(root: yaml.Node, data: Any) -> None:
 
 
 def _read_yaml(text: str, source: str) -> tuple[Any, dict]:
-    loader = yaml.SafeLoader(text)
+    loader = StrictLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -124,6 +163,8 @@ def _read_yaml(text: str, source: str) -> tuple[Any, dict]:
             raise ConstitutionError(source, dupes)
         data = loader.construct_document(node)
         _keep_version_text(node, data)
+    except YAMLRefused as e:
+        raise ConstitutionError(source, [Problem("", e.message, e.line)]) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
@@ -151,6 +192,8 @@ def _read_json(text: str, source: str) -> Any:
         raise ConstitutionError(source, [Problem("", f"not valid JSON: {e.msg} (column {e.colno})", e.lineno)]) from None
     except ValueError as e:
         raise ConstitutionError(source, f"not valid JSON: {e}") from None
+    except RecursionError:
+        raise ConstitutionError(source, "not valid JSON: nested too deeply") from None
 
 
 def read_document(path: str | Path) -> tuple[Any, dict]:
@@ -158,13 +201,15 @@ def read_document(path: str | Path) -> tuple[Any, dict]:
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()  # read once: the path may be a pipe (/dev/stdin, <(…))
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConstitutionError(source, "file not found") from None
     except IsADirectoryError:
         raise ConstitutionError(source, "is a directory; expected a .yaml, .yml or .json file") from None
     except UnicodeDecodeError as e:
-        raise ConstitutionError(source, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+        line, message = utf8_problem(data, e)
+        raise ConstitutionError(source, [Problem("", message, line)]) from None
     except OSError as e:
         raise ConstitutionError(source, f"cannot read the file: {e.strerror or e}") from None
     if path.suffix.lower() == ".json":

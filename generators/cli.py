@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from .engines import ENGINE_OPT_HELP
+from .engines import ENGINE_OPT_HELP, EngineCapabilityError
 
 generate_app = typer.Typer(
     help="Generate datasets: SL-CAI critique/revision records, or N sampled responses per prompt for AI labeling.",
@@ -51,25 +51,24 @@ def _read_prompts(path: Path, limit: int | None, skip_bad_lines: bool, rejects: 
 
 
 def _precheck_run_dir(out: Path, kind: str, identity: dict, overwrite: bool) -> None:
-    """Refuse a mismatching run directory BEFORE loading a model (which can take a minute)."""
+    """Refuse a foreign folder, a mismatching or damaged run directory, or a run in progress BEFORE
+    loading a model (which can take a minute); creates, writes and locks nothing."""
     from .rundir import RunDir, RunDirError
 
-    if overwrite or not (out / RunDir.MANIFEST).exists():
-        return
     try:
-        RunDir(out, identity, kind=kind)  # an existing manifest is only compared, never rewritten
+        RunDir.check(out, identity, kind=kind, overwrite=overwrite)
     except RunDirError as e:
         raise _fail(str(e)) from None
 
 
 def _load_engine(engine: str, model: str, *, batch_size: int, base_url: str | None, device: str | None, dtype: str | None,
-                 trust_remote_code: bool, engine_opt: list[str] | None = None):
+                 trust_remote_code: bool, engine_opt: list[str] | None = None, on_long: str | None = None):
     """Build the engine, passing each option only to back ends that take it."""
     from .engines import ENGINES, engine_options, load_engine
 
     if engine not in ENGINES:
         raise _fail(f"unknown --engine {engine!r}; choose one of: {', '.join(sorted(ENGINES))}")
-    flags = {"batch_size": batch_size, "base_url": base_url, "device": device, "dtype": dtype, "trust_remote_code": trust_remote_code or None}
+    flags = {"batch_size": batch_size, "base_url": base_url, "device": device, "dtype": dtype, "trust_remote_code": trust_remote_code or None, "on_long": on_long}
     try:  # engine_options imports the back end, so a missing optional dependency shows here
         options = engine_options(engine, flags, engine_opt or ())
     except ImportError as e:
@@ -100,8 +99,9 @@ def _show(label: str, text: str | None) -> None:
 
 
 def _print_summary(summary: dict, exported: dict) -> None:
+    skipped = f", {summary['skipped']} skipped as too long (listed in skipped.jsonl)" if summary.get("skipped") else ""
     typer.echo(
-        f"{summary['generated']} prompts generated, {summary['already_done']} already done "
+        f"{summary['generated']} prompts generated, {summary['already_done']} already done{skipped} "
         f"({summary['completion_tokens']} tokens in {summary['seconds']:.1f} s, {summary['tokens_per_s']:.1f} tokens/s)"
     )
     typer.echo(f"records: {summary['records']}")
@@ -126,6 +126,7 @@ def sl_cai_command(
     model: str = typer.Option(DEFAULT_MODEL, help="Model: the embedded smollm2-135m, a local folder, or (for openai) the served model name."),
     base_url: Optional[str] = typer.Option(None, help="Server URL for --engine openai (e.g. http://localhost:8000/v1)."),
     engine_opt: Optional[list[str]] = typer.Option(None, "--engine-opt", help=ENGINE_OPT_HELP),
+    on_long: Optional[str] = typer.Option(None, "--on-long", help="transformers/vllm: a prompt too long for the model's context with --max-new-tokens is cut to its last tokens (truncate, the default; the record says so), skipped (listed in OUT/skipped.jsonl) or an error."),
     device: Optional[str] = typer.Option(None, help="transformers device (default: cuda if available, else cpu)."),
     dtype: Optional[str] = typer.Option(None, help="Model dtype: auto, float32, bfloat16, float16."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model folder (off by default)."),
@@ -137,7 +138,7 @@ def sl_cai_command(
     limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
     skip_bad_lines: bool = typer.Option(False, "--skip-bad-lines", help="Set malformed prompt lines aside (in --rejects) instead of stopping."),
     rejects: Optional[Path] = typer.Option(None, help="Where skipped lines go (default: <prompts>.rejects.jsonl)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run directory's content and start over."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over: replace this run (only files a run owns; other files stay) once the new run has written its first records."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     show_example: bool = typer.Option(False, "--show-example", help="Print one prompt with its answer, critique and revision at the end."),
 ) -> None:
@@ -175,12 +176,12 @@ def sl_cai_command(
 
     named = SimpleNamespace(name=engine, model_id=model)  # what the identity needs, before the model loads
     _precheck_run_dir(out, RUN_KIND, sl_cai_identity(cons, named, rounds=rounds, revision_only=revision_only, seed=seed, params=params, few_shot=few_shot), overwrite)
-    eng = _load_engine(engine, model, batch_size=batch_size, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, engine_opt=engine_opt)
+    eng = _load_engine(engine, model, batch_size=batch_size, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, engine_opt=engine_opt, on_long=on_long)
     try:
         summary = run_sl_cai(cons, items, eng, out, rounds=rounds, revision_only=revision_only, seed=seed, params=params,
-                             batch_size=batch_size, few_shot=few_shot, overwrite=overwrite, progress=not quiet)
+                             batch_size=batch_size, few_shot=few_shot, overwrite=overwrite, progress=not quiet, input_files=[prompts])
         exported = export_sl_cai(out)
-    except (RunDirError, ExportError, ValueError) as e:
+    except (RunDirError, ExportError, ValueError, EngineCapabilityError, ConnectionError) as e:  # ConnectionError: the openai engine's OpenAIServerError
         raise _fail(str(e)) from None
     except KeyboardInterrupt:
         raise _fail(f"interrupted; finished chunks are saved in {out}. Rerun the same command to resume.", 130) from None
@@ -209,6 +210,7 @@ def pairs_command(
     model: str = typer.Option(DEFAULT_MODEL, help="Policy model: the embedded smollm2-135m, a local folder, or a served model name."),
     base_url: Optional[str] = typer.Option(None, help="Server URL for --engine openai."),
     engine_opt: Optional[list[str]] = typer.Option(None, "--engine-opt", help=ENGINE_OPT_HELP),
+    on_long: Optional[str] = typer.Option(None, "--on-long", help="transformers/vllm: a prompt too long for the model's context with --max-new-tokens is cut to its last tokens (truncate, the default; the record says so), skipped (listed in OUT/skipped.jsonl) or an error."),
     device: Optional[str] = typer.Option(None, help="transformers device."),
     dtype: Optional[str] = typer.Option(None, help="Model dtype: auto, float32, bfloat16, float16."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model folder."),
@@ -221,7 +223,7 @@ def pairs_command(
     limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
     skip_bad_lines: bool = typer.Option(False, "--skip-bad-lines", help="Set malformed prompt lines aside instead of stopping."),
     rejects: Optional[Path] = typer.Option(None, help="Where skipped lines go (default: <prompts>.rejects.jsonl)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run directory's content and start over."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over: replace this run (only files a run owns; other files stay) once the new run has written its first records."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """N sampled responses per prompt from one policy model, for AI preference labeling
@@ -244,12 +246,12 @@ def pairs_command(
     params = _params(max_new_tokens, temperature, top_p, seed)
     identity = {"model": model, "engine": engine, "n": n, "seed": seed, "params": sampling_identity(params), "system_prompt": system_prompt}
     _precheck_run_dir(out, RUN_KIND, identity, overwrite)
-    eng = _load_engine(engine, model, batch_size=batch_size, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, engine_opt=engine_opt)
+    eng = _load_engine(engine, model, batch_size=batch_size, base_url=base_url, device=device, dtype=dtype, trust_remote_code=trust_remote_code, engine_opt=engine_opt, on_long=on_long)
     try:
         summary = run_pairs(items, eng, out, n=n, seed=seed, params=params, batch_size=batch_size,
-                            system_prompt=system_prompt, overwrite=overwrite, progress=not quiet)
+                            system_prompt=system_prompt, overwrite=overwrite, progress=not quiet, input_files=[prompts])
         exported = export_pairs(out)
-    except (RunDirError, ExportError, ValueError) as e:
+    except (RunDirError, ExportError, ValueError, EngineCapabilityError, ConnectionError) as e:  # ConnectionError: the openai engine's OpenAIServerError
         raise _fail(str(e)) from None
     except KeyboardInterrupt:
         raise _fail(f"interrupted; finished chunks are saved in {out}. Rerun the same command to resume.", 130) from None

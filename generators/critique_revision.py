@@ -19,11 +19,17 @@ Throughput comes from batching BY STAGE: a chunk of prompts goes through the eng
 time (all initial answers in one ``engine.generate`` call, then all critiques, …), so the number of
 engine calls is stages × chunks, never × prompts. Each finished chunk is appended to the run
 directory's ``records.jsonl`` (whole lines, fsynced), so a killed run resumes where it stopped.
+
+A conversation too long for the model's context is handled by the engine's ``on_long`` option:
+truncated (the record's ``truncated_stages`` names the stages, e.g. ``["critique 1"]``), skipped (no
+record; the prompt is listed in ``skipped.jsonl`` and the summary, and tried again on a rerun) or an
+error naming the prompt.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -32,11 +38,12 @@ from typing import Sequence
 
 from constitution.schema import Constitution, CritiqueRevisionPrinciple
 
-from .engines.base import Engine, GenerationParams
+from .engines.base import Engine, GenerationParams, PromptTooLongError
 from .inputs import PromptItem
 from .rundir import RunDir, stable_id
 
 RUN_KIND = "sl-cai"
+SKIPPED = "skipped.jsonl"  # prompts left out for being too long (engine option on_long="skip")
 CHUNK_BATCHES = 4  # a chunk holds this many engine batches: bigger calls, still frequent saves
 
 
@@ -105,6 +112,8 @@ class _InFlight:
     initial: str = ""
     initial_finish: str = ""
     rounds: list[dict] = field(default_factory=list)
+    truncated: list[str] = field(default_factory=list)  # stages whose prompt the engine cut to fit
+    skipped: dict | None = None  # why the engine left the prompt out, if it did
     tokens: dict = field(default_factory=lambda: {s: {"prompt_tokens": 0, "completion_tokens": 0} for s in ("initial", "critique", "revision")})
 
 
@@ -118,9 +127,13 @@ class _Stats:
         return self.completion_tokens / max(time.monotonic() - self.start, 1e-9)
 
 
-def _run_stage(engine: Engine, jobs: list[_InFlight], params: GenerationParams, stage: str, token_key: str, stats: _Stats):
-    """One batched engine call over the chunk's conversations (the caller has appended the request)."""
-    completions = engine.generate([j.conversation for j in jobs], stage_params(params, params.seed or 0, stage, [j.item.id for j in jobs]))
+def _run_stage(engine: Engine, jobs: list[_InFlight], params: GenerationParams, stage: str, token_key: str, stats: _Stats, label: str):
+    """One batched engine call over the chunk's conversations (the caller has appended the request).
+    A prompt the engine truncated or skipped is noted on its job under ``label``."""
+    try:
+        completions = engine.generate([j.conversation for j in jobs], stage_params(params, params.seed or 0, stage, [j.item.id for j in jobs]))
+    except PromptTooLongError as e:
+        raise PromptTooLongError(f"prompt {jobs[e.index].item.id} ({label}): {e}", e.index) from None
     if len(completions) != len(jobs):
         raise RuntimeError(f"engine {engine.name!r} returned {len(completions)} completions for {len(jobs)} requests")
     for job, c in zip(jobs, completions):
@@ -128,6 +141,11 @@ def _run_stage(engine: Engine, jobs: list[_InFlight], params: GenerationParams, 
         job.tokens[token_key]["completion_tokens"] += c.completion_tokens
         stats.prompt_tokens += c.prompt_tokens
         stats.completion_tokens += c.completion_tokens
+        if c.prompt_truncated:
+            job.truncated.append(label)
+        if c.finish_reason == "skipped" and job.skipped is None:  # later stages, only longer, are skipped too
+            job.skipped = {"id": job.item.id, "stage": label, "prompt_tokens": c.prompt_tokens,
+                           "reason": f"too long for the model's context with max_new_tokens={params.max_new_tokens}"}
     return completions
 
 
@@ -136,7 +154,7 @@ def _process_chunk(constitution, chunk: list[PromptItem], engine, prefix, *, rou
     jobs = [_InFlight(item=item, conversation=list(prefix) + [dict(m) for m in item.messages]) for item in chunk]
 
     on_stage("initial answers")
-    for job, c in zip(jobs, _run_stage(engine, jobs, params, "initial", "initial", stats)):
+    for job, c in zip(jobs, _run_stage(engine, jobs, params, "initial", "initial", stats, "initial")):
         job.initial, job.initial_finish = c.text.strip(), c.finish_reason
         job.conversation.append({"role": "assistant", "content": job.initial})
 
@@ -147,13 +165,13 @@ def _process_chunk(constitution, chunk: list[PromptItem], engine, prefix, *, rou
             on_stage(f"critiques (round {r + 1}/{rounds})")
             for job, p in zip(jobs, principles):
                 job.conversation.append({"role": "user", "content": p.critique})
-            for job, e, p, c in zip(jobs, entries, principles, _run_stage(engine, jobs, params, f"critique-{r}", "critique", stats)):
+            for job, e, p, c in zip(jobs, entries, principles, _run_stage(engine, jobs, params, f"critique-{r}", "critique", stats, f"critique {r + 1}")):
                 e.update(critique_request=p.critique, critique=c.text.strip(), critique_finish_reason=c.finish_reason)
                 job.conversation.append({"role": "assistant", "content": e["critique"]})
         on_stage(f"revisions (round {r + 1}/{rounds})")
         for job, p in zip(jobs, principles):
             job.conversation.append({"role": "user", "content": p.revision})
-        for job, e, p, c in zip(jobs, entries, principles, _run_stage(engine, jobs, params, f"revision-{r}", "revision", stats)):
+        for job, e, p, c in zip(jobs, entries, principles, _run_stage(engine, jobs, params, f"revision-{r}", "revision", stats, f"revision {r + 1}")):
             e.update(revision_request=p.revision, revision=c.text.strip(), revision_finish_reason=c.finish_reason)
             job.conversation.append({"role": "assistant", "content": e["revision"]})
         for job, e in zip(jobs, entries):
@@ -174,6 +192,7 @@ def _record(job: _InFlight, constitution: Constitution, engine: Engine, *, seed:
         "final_revision": job.rounds[-1]["revision"] if job.rounds else job.initial,
         "principle_ids": [r["principle_id"] for r in job.rounds],
         "revision_only": revision_only,
+        "truncated_stages": job.truncated,
         "few_shot": few_shot,
         "model": engine.model_id,
         "engine": engine.name,
@@ -202,14 +221,16 @@ def run_sl_cai(
     few_shot: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    input_files: Sequence[str | Path] = (),
 ) -> dict:
     """Generate SL-CAI records for ``prompts`` into ``run_dir`` (resumable); returns a summary dict.
 
     ``chunk_size`` prompts (default ``batch_size * 4``) go through all stages together and are then
     saved; an interrupted run loses at most the chunk in progress. ``few_shot`` uses only the first
     N few-shot examples of the constitution (default all; each costs prompt tokens in every request
-    of every stage). Raises
-    :class:`generators.rundir.RunDirError` when ``run_dir`` was started with other settings.
+    of every stage). ``input_files`` (the file(s) the prompts were read from) are fingerprinted:
+    a resume after an edit of them is refused. Raises :class:`generators.rundir.RunDirError` when
+    ``run_dir`` was started with other settings or inputs, or is in use by another run.
     """
     from tqdm.auto import tqdm
 
@@ -222,11 +243,12 @@ def run_sl_cai(
     if few_shot is not None and few_shot < 0:
         raise ValueError(f"few_shot must be ≥ 0, got {few_shot}")
     identity = sl_cai_identity(constitution, engine, rounds=rounds, revision_only=revision_only, seed=seed, params=params, few_shot=few_shot)
-    rd = RunDir(run_dir, identity, overwrite=overwrite, kind=RUN_KIND)
+    rd = RunDir(run_dir, identity, overwrite=overwrite, kind=RUN_KIND, inputs=input_files)
     done = rd.done_ids()
     todo = [p for p in prompts if p.id not in done]
     prefix = conversation_prefix(constitution, revision_only=revision_only, few_shot=few_shot)
     stats = _Stats()
+    skipped: list[dict] = []
 
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), unit="prompt", desc="sl-cai", disable=not progress, dynamic_ncols=True)
 
@@ -237,19 +259,34 @@ def run_sl_cai(
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
             jobs = _process_chunk(constitution, chunk, engine, prefix, rounds=rounds, revision_only=revision_only, seed=seed, params=params, stats=stats, on_stage=on_stage)
-            rd.append(_record(j, constitution, engine, seed=seed, params=params, revision_only=revision_only, few_shot=identity["few_shot"]) for j in jobs)
+            skipped += [j.skipped for j in jobs if j.skipped]
+            rd.append(_record(j, constitution, engine, seed=seed, params=params, revision_only=revision_only, few_shot=identity["few_shot"]) for j in jobs if not j.skipped)
             bar.update(len(chunk))
             on_stage("saved")
+        rd.commit()  # an --overwrite run with nothing to do still replaces the old run (by an empty one)
     finally:
         bar.close()
+        rd.close()
+    write_skipped(run_dir, skipped)
     elapsed = time.monotonic() - stats.start
     return {
         "run_dir": str(Path(run_dir)),
         "records": str(rd.records_path),
         "prompts": len(prompts),
         "already_done": len(prompts) - len(todo),
-        "generated": len(todo),
+        "generated": len(todo) - len(skipped),
+        "skipped": len(skipped),
         "seconds": round(elapsed, 2),
         "completion_tokens": stats.completion_tokens,
         "tokens_per_s": round(stats.completion_tokens / max(elapsed, 1e-9), 2),
     }
+
+
+def write_skipped(run_dir, skipped: list[dict]) -> None:
+    """List the prompts this run left out in RUN_DIR/skipped.jsonl (none: no file). They have no record,
+    so a rerun tries them again and rewrites the list."""
+    path = Path(run_dir) / SKIPPED
+    if skipped:
+        path.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in skipped), encoding="utf-8")
+    else:
+        path.unlink(missing_ok=True)

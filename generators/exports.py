@@ -12,18 +12,24 @@ An SL-CAI run gives (in ``RUN_DIR/exports/``):
 
 A pairs run gives ``pairs.jsonl`` + ``pairs/`` (the records themselves, for labelers or the Hub).
 Every file is written to a temporary name and renamed, so a crash never leaves half an export.
+Each record id counts once, whatever ``records.jsonl`` holds: the first record of an id is kept and
+the number of later ones dropped is reported (``duplicates_dropped``) and logged.
 ``datasets.load_from_disk(RUN_DIR/exports/sft)`` loads a folder.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from .rundir import RunDir, stable_id
+
+
+log = logging.getLogger(__name__)
 
 
 class ExportError(RuntimeError):
@@ -43,10 +49,12 @@ def _run_kind(run_dir: Path) -> str:
         raise ExportError(f"{manifest}: expected a JSON object with a 'kind' key ({e})") from None
 
 
-def _records(run_dir: Path) -> list[dict]:
+def read_records(run_dir: Path) -> tuple[list[dict], int]:
+    """(the records — the first of each id —, how many later duplicates were dropped); a torn last
+    line (a run in progress or killed) is left out, any other bad line raises :class:`ExportError`."""
     path = run_dir / RunDir.RECORDS
     if not path.exists():
-        return []
+        return [], 0
     records = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -58,7 +66,14 @@ def _records(run_dir: Path) -> list[dict]:
                 if not line.endswith("\n"):  # torn tail of a run in progress or killed: the run will redo it
                     break
                 raise ExportError(f"{path}:{n}: expected a JSON record, found invalid JSON") from None
-    return records
+    kept, seen = [], set()
+    for r in records:
+        if r.get("id", id(r)) not in seen:
+            seen.add(r.get("id", id(r)))
+            kept.append(r)
+    if len(kept) < len(records):
+        log.warning("%s: %d duplicate record(s) (an id seen before) left out of the export", path, len(records) - len(kept))
+    return kept, len(records) - len(kept)
 
 
 def _meta_columns(records: list[dict]) -> list[str]:
@@ -174,11 +189,12 @@ def export_sl_cai(run_dir, *, all_rounds: bool = False) -> dict:
     kind = _run_kind(run_dir)
     if kind != "sl-cai":
         raise ExportError(f"{run_dir} holds a {kind!r} run, not an sl-cai run")
-    records = _records(run_dir)
+    records, dropped = read_records(run_dir)
     sft, prefs = sl_cai_rows(records, all_rounds=all_rounds)
     exports = run_dir / "exports"
     exports.mkdir(exist_ok=True)
-    return {"kind": kind, "records": len(records), "sft": _write(exports, "sft", sft), "prefs": _write(exports, "prefs", prefs)}
+    return {"kind": kind, "records": len(records), "duplicates_dropped": dropped,
+            "sft": _write(exports, "sft", sft), "prefs": _write(exports, "prefs", prefs)}
 
 
 def export_pairs(run_dir) -> dict:
@@ -186,10 +202,10 @@ def export_pairs(run_dir) -> dict:
     kind = _run_kind(run_dir)
     if kind != "pairs":
         raise ExportError(f"{run_dir} holds a {kind!r} run, not a pairs run")
-    records = _records(run_dir)
+    records, dropped = read_records(run_dir)
     exports = run_dir / "exports"
     exports.mkdir(exist_ok=True)
-    return {"kind": kind, "records": len(records), "pairs": _write(exports, "pairs", pair_rows(records))}
+    return {"kind": kind, "records": len(records), "duplicates_dropped": dropped, "pairs": _write(exports, "pairs", pair_rows(records))}
 
 
 def export_run(run_dir, *, all_rounds: bool = False) -> dict:

@@ -1,12 +1,15 @@
 """Reading prompt files: JSONL, plain text and hh-rlhf transcripts, with errors that name file and line.
 
-Formats (chosen by extension, then by content):
+Formats (``fmt=`` names one; else chosen by extension, then by content):
 
 - JSONL (``.jsonl``, ``.json`` holding one object per line): each row has ``prompt`` (a string) or
   ``messages`` (a list of ``{"role", "content"}``), an optional ``id``, and any other keys (e.g.
   ``category``), which are kept in :attr:`PromptItem.meta`. A row with a ``chosen`` or ``transcript``
   string instead is an hh-rlhf transcript (see below).
 - Plain text (``.txt``): one prompt per non-empty line.
+- Any other name (``prompts``, ``/dev/stdin``, a ``<(…)`` pipe): JSONL if the first non-empty line
+  starts with ``{``, hh-rlhf if it starts with ``Human:``, else plain text. The file is read once,
+  so pipes work.
 - hh-rlhf transcripts in a ``.txt``: a file whose first non-empty line starts with ``Human:`` holds
   ``\\n\\nHuman: …\\n\\nAssistant: …`` transcripts; separate several with a line holding only ``---``.
 
@@ -27,11 +30,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from constitution.loader import utf8_problem
+
 from .rundir import stable_id
 
 log = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
+FORMATS = ("jsonl", "text", "hh")
 _HH_MARKER = re.compile(r"(\n\nHuman:|\n\nAssistant:)")
 
 
@@ -103,7 +109,7 @@ def _check_messages(messages: object) -> list[dict]:
 def _parse_json_row(text: str) -> tuple[str | None, list[dict], dict]:
     try:
         row = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested thousands deep
         raise _BadLine(f"expected a JSON object, got invalid JSON ({e})") from None
     if not isinstance(row, dict):
         raise _BadLine(f"expected a JSON object, got {type(row).__name__}")
@@ -140,9 +146,9 @@ def _detect_format(path: Path, text: str) -> str:
         return "jsonl"
     if first.lstrip().startswith("Human:"):
         return "hh"
-    if suffix in (".txt", ".text", ""):
+    if suffix in (".txt", ".text"):
         return "text"
-    return "jsonl" if first.lstrip().startswith("{") else "text"
+    return "jsonl" if first.lstrip().startswith("{") else "text"  # no or unknown extension: sniff
 
 
 def _units(fmt: str, text: str):
@@ -167,23 +173,27 @@ def _units(fmt: str, text: str):
                 buf.append(ln)
 
 
-def read_prompts(path, *, skip_bad_lines: bool = False, rejects_path=None) -> list[PromptItem]:
-    """Read a prompt file (format by extension/content, see the module docstring).
+def read_prompts(path, *, skip_bad_lines: bool = False, rejects_path=None, fmt: str | None = None) -> list[PromptItem]:
+    """Read a prompt file (``fmt`` one of :data:`FORMATS`, else by extension/content, see the module docstring).
 
     A malformed line raises :class:`PromptFileError` ``"<file>:<line>: <what was expected>"``. With
     ``skip_bad_lines`` it is written to ``rejects_path`` (default ``<file>.rejects.jsonl``) as
     ``{"file", "line", "error", "text"}`` and reading goes on.
     """
     path = Path(path)
+    if fmt is not None and fmt not in FORMATS:
+        raise PromptFileError(f"{path}: unknown prompt format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()  # once, whole: the path may be a pipe (/dev/stdin, <(…))
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise PromptFileError(f"{path}: prompt file not found") from None
     except UnicodeDecodeError as e:
-        raise PromptFileError(f"{path}: expected UTF-8 text ({e})") from None
+        line, message = utf8_problem(data, e)
+        raise PromptFileError(f"{path}:{line}: {message}") from None
     except OSError as e:
-        raise PromptFileError(f"{path}: cannot read ({e})") from None
-    fmt = _detect_format(path, text)
+        raise PromptFileError(f"{path}: cannot read ({e.strerror or e})") from None
+    fmt = fmt or _detect_format(path, text)
 
     items: list[PromptItem] = []
     rejects: list[dict] = []
@@ -216,10 +226,14 @@ def read_prompts(path, *, skip_bad_lines: bool = False, rejects_path=None) -> li
         log.warning("%s: dropped %d repeated prompt(s) (same id and same messages as an earlier line)", path, dropped)
     if rejects:
         rejects_file = Path(rejects_path) if rejects_path else path.with_name(path.name + ".rejects.jsonl")
-        rejects_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(rejects_file, "w", encoding="utf-8") as f:
-            for r in rejects:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        try:
+            rejects_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(rejects_file, "w", encoding="utf-8") as f:
+                for r in rejects:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        except OSError as e:  # e.g. next to /dev/stdin
+            raise PromptFileError(f"{path}: cannot write the skipped lines to {rejects_file} ({e.strerror or e}); "
+                                  "pass --rejects FILE") from None
         log.warning("%s: skipped %d bad line(s); written to %s", path, len(rejects), rejects_file)
     if not items:
         raise PromptFileError(f"{path}: no prompts found (expected {'JSONL rows' if fmt == 'jsonl' else 'non-empty lines'})")

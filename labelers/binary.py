@@ -47,6 +47,13 @@ def single_context(spec: TemplateSpec, constitution, engine, prompt: list[dict],
                           principle=standard.text, asks_for_worse=standard.invert, cot=False)
 
 
+def check_renders(spec: TemplateSpec, constitution, engine, items: Sequence[Single], question, seed: int) -> None:
+    """Render the first item: a template that cannot render fails here, before the run directory exists."""
+    if items:
+        first = items[0]
+        single_context(spec, constitution, engine, first.prompt, first.response, standard_for(constitution, question, first.id, seed))
+
+
 def desirable_probability(logprobs: Sequence[float], invert: bool = False) -> tuple[float, float]:
     """(p_yes, p_desirable) from the log-probs of (" Yes", " No")."""
     p_yes = normalize_logprobs(list(logprobs))[0]
@@ -83,36 +90,41 @@ def label_binary(
     require_scoring(engine)
     spec = template_spec(template, "binary")
     items = load_singles(inputs) if isinstance(inputs, (str, Path)) else list(inputs)
+    check_renders(spec, constitution, engine, items, question, seed)
     run = RunDir(run_dir, single_identity("binary", spec, constitution, engine, question, seed),
-                 overwrite=overwrite, kind="label-binary")
-    done = run.done_ids()
-    todo = [s for s in items if s.id not in done]
-    bar = tqdm(total=len(todo), unit="response", desc="binary labels", disable=not progress, dynamic_ncols=True)
-    stamp = constitution.stamp() if constitution is not None and not question else {}
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        standards = [standard_for(constitution, question, s.id, seed) for s in batch]
-        contexts = [single_context(spec, constitution, engine, s.prompt, s.response, st) for s, st in zip(batch, standards)]
-        logprobs = engine.score_options(contexts, list(spec.options))
-        records = []
-        for s, st, lp in zip(batch, standards, logprobs):
-            p_yes, p_good = desirable_probability(lp, st.invert)
-            records.append({
-                "id": s.id, "source_id": s.source_id, "prompt": s.prompt, "response": s.response,
-                "p_yes": p_yes, "p_desirable": p_good, "label": p_good >= 0.5, "confidence": max(p_good, 1 - p_good),
-                "principle_ids": [st.id], "inverted": [st.invert], "logprobs": lp, "options": list(spec.options),
-                "template": template, "labeler_model": engine.model_id, "engine": engine.name, **stamp,
-                "seed": seed, "source": s.meta,
-            })
-        run.append(records)
-        bar.update(len(batch))
-    bar.close()
-    records = list(run.records())
-    summary = {
-        "responses": len(records),
-        "desirable": sum(r["label"] for r in records),
-        "mean_confidence": sum(r["confidence"] for r in records) / len(records) if records else None,
-        "exports": export_kto(run.path, min_margin=min_margin),
-    }
-    (run.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+                 overwrite=overwrite, kind="label-binary", inputs=[inputs] if isinstance(inputs, (str, Path)) else ())
+    try:
+        done = run.done_ids()
+        todo = [s for s in items if s.id not in done]
+        bar = tqdm(total=len(todo), unit="response", desc="binary labels", disable=not progress, dynamic_ncols=True)
+        stamp = constitution.stamp() if constitution is not None and not question else {}
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            standards = [standard_for(constitution, question, s.id, seed) for s in batch]
+            contexts = [single_context(spec, constitution, engine, s.prompt, s.response, st) for s, st in zip(batch, standards)]
+            logprobs = engine.score_options(contexts, list(spec.options))
+            records = []
+            for s, st, lp in zip(batch, standards, logprobs):
+                p_yes, p_good = desirable_probability(lp, st.invert)
+                records.append({
+                    "id": s.id, "source_id": s.source_id, "prompt": s.prompt, "response": s.response,
+                    "p_yes": p_yes, "p_desirable": p_good, "label": p_good >= 0.5, "confidence": max(p_good, 1 - p_good),
+                    "principle_ids": [st.id], "inverted": [st.invert], "logprobs": lp, "options": list(spec.options),
+                    "template": template, "labeler_model": engine.model_id, "engine": engine.name, **stamp,
+                    "seed": seed, "source": s.meta,
+                })
+            run.append(records)
+            bar.update(len(batch))
+        bar.close()
+        run.commit()  # an --overwrite run with nothing to label still replaces the old run (by an empty one)
+        records = list(run.records())
+        summary = {
+            "responses": len(records),
+            "desirable": sum(r["label"] for r in records),
+            "mean_confidence": sum(r["confidence"] for r in records) / len(records) if records else None,
+            "exports": export_kto(run.path, min_margin=min_margin),
+        }
+        (run.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    finally:
+        run.close()
     return summary

@@ -103,7 +103,7 @@ def preference_command(
     batch_size: int = typer.Option(32, help="Prompts scored per forward pass."),
     seed: int = typer.Option(0, help="Seeds principle draws (per comparison id)."),
     device: Optional[str] = typer.Option(None, help="--engine transformers: cpu, cuda, cuda:1 ..."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run directory and start over."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over: replace this run (only files a run owns; other files stay) once the new run has written its first records."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Label comparisons with p(A better) from normalized option log-probs, both orders averaged.
@@ -151,7 +151,7 @@ def binary_command(
     batch_size: int = typer.Option(32, help="Responses scored per forward pass."),
     seed: int = typer.Option(0, help="Seeds principle draws."),
     device: Optional[str] = typer.Option(None, help="--engine transformers: cpu, cuda ..."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run directory and start over."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over: replace this run (only files a run owns; other files stay) once the new run has written its first records."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Label single responses desirable/undesirable from p(" Yes") vs p(" No"), for KTO.
@@ -190,7 +190,7 @@ def score_command(
     batch_size: int = typer.Option(32, help="Responses scored per call (each needs 10 option rows)."),
     seed: int = typer.Option(0, help="Seeds principle draws."),
     device: Optional[str] = typer.Option(None, help="--engine transformers: cpu, cuda ..."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run directory and start over."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over: replace this run (only files a run owns; other files stay) once the new run has written its first records."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Direct RLAIF: expected 1-10 rating Σ i·P(i), rescaled to a score in [-1, 1].

@@ -5,6 +5,9 @@ RUN_DIR/exports/ gets a JSONL file and a Hugging Face ``datasets`` folder (``sav
           ``min_margin`` drops near-ties (|p − 0.5| < margin)
 - kto:    prompt / completion / label (+ p_desirable, confidence) from binary labels
 - scores: prompt / completion / score in [-1, 1] from direct scores
+
+Each record id counts once, whatever ``records.jsonl`` holds (the first record of an id is kept;
+``duplicates_dropped`` says how many later ones were left out).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import json
 import os
 from pathlib import Path
 from typing import Iterable
+
+from generators.exports import read_records
 
 KEEP = ("labeler_model", "engine", "template", "constitution", "constitution_hash", "principle_ids", "seed", "source_id")
 
@@ -66,7 +71,8 @@ def preference_rows(records: Iterable[dict], min_margin: float = 0.0) -> list[di
 
 
 def export_preferences(run_dir: str | Path, min_margin: float = 0.0) -> dict:
-    return _write(Path(run_dir), "prefs", preference_rows(_read_records(run_dir), min_margin))
+    records, dropped = read_records(Path(run_dir))
+    return {**_write(Path(run_dir), "prefs", preference_rows(records, min_margin)), "duplicates_dropped": dropped}
 
 
 def kto_rows(records: Iterable[dict], min_margin: float = 0.0) -> list[dict]:
@@ -82,7 +88,8 @@ def kto_rows(records: Iterable[dict], min_margin: float = 0.0) -> list[dict]:
 
 
 def export_kto(run_dir: str | Path, min_margin: float = 0.0) -> dict:
-    return _write(Path(run_dir), "kto", kto_rows(_read_records(run_dir), min_margin))
+    records, dropped = read_records(Path(run_dir))
+    return {**_write(Path(run_dir), "kto", kto_rows(records, min_margin)), "duplicates_dropped": dropped}
 
 
 def score_rows(records: Iterable[dict]) -> list[dict]:
@@ -93,15 +100,8 @@ def score_rows(records: Iterable[dict]) -> list[dict]:
 
 
 def export_scores(run_dir: str | Path) -> dict:
-    return _write(Path(run_dir), "scores", score_rows(_read_records(run_dir)))
-
-
-def _read_records(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "records.jsonl"
-    if not path.exists():
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    records, dropped = read_records(Path(run_dir))
+    return {**_write(Path(run_dir), "scores", score_rows(records)), "duplicates_dropped": dropped}
 
 
 def preference_summary(records: Iterable[dict]) -> dict:

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from constitution.loader import utf8_problem
 from generators.rundir import stable_id
 
 
@@ -55,17 +56,22 @@ def _records_file(path: str | Path) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-empty line; a bad line is an error naming it."""
+    """(line number, object) for each non-empty line; a bad line is an error naming it. The file is
+    read once, front to back, so a pipe (``/dev/stdin``, ``<(…)``) works too."""
     rows = []
-    if not Path(path).is_file():
+    if not Path(path).exists() or Path(path).is_dir():
         raise InputError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{number}: {utf8_problem(raw, e)[1]}") from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:  # RecursionError: nested thousands deep
                 raise InputError(f"{path}:{number}: not valid JSON ({e})") from None
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")

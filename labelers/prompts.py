@@ -34,9 +34,9 @@ TEMPLATES: dict[str, TemplateSpec] = {
     "chat": TemplateSpec("chat", "comparison", ("A", "B"), chat=True, assistant_cue="Answer: (",
                          answer_cue="\nAnswer: ("),
     "binary": TemplateSpec("binary", "binary", (" Yes", " No")),
-    # "/10" makes the ten answers distinct strings: a bare "1" is a prefix of "10", so its
-    # probability would also count every "10". " 10/10" is several tokens; score_options sums them.
-    "score": TemplateSpec("score", "score", tuple(f" {i}/10" for i in range(1, 11))),
+    # The ratings right after "Rating:". " 1" is a prefix of " 10" in digit-splitting tokenizers;
+    # labelers/score.py scores 1 as P(" 1") × (1 − P("0" | " 1")), so the ten ratings stay distinct.
+    "score": TemplateSpec("score", "score", tuple(f" {i}" for i in range(1, 11))),
 }
 COMPARISON_TEMPLATES = tuple(n for n, s in TEMPLATES.items() if s.kind == "comparison")
 

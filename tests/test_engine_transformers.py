@@ -313,7 +313,7 @@ def test_max_length_keeps_prompt_tail_and_refuses_long_scores(lively_model_dir):
     ids = short.tokenizer(long_prompt).input_ids
     assert len(ids) + 4 > 12
     [completion] = short.generate([long_prompt], GenerationParams(max_new_tokens=4, temperature=0))
-    assert completion.prompt_tokens == 8  # the last 12 - 4 prompt tokens were kept
+    assert completion.prompt_tokens == 8 and completion.prompt_truncated  # the last 12 - 4 prompt tokens were kept
     with torch.inference_mode():
         tail = torch.tensor([ids[-8:]])
         reference = short.model.generate(tail, attention_mask=torch.ones_like(tail), max_new_tokens=4, do_sample=False,

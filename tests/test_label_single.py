@@ -75,32 +75,39 @@ def test_expected_rating_and_reward_by_hand():
     assert rating_to_reward(1.0) == pytest.approx(-1.0) and rating_to_reward(10.0) == pytest.approx(1.0)
 
 
-def test_score_multi_token_ten_on_a_real_tokenizer(tmp_path, tiny_model_dir):
-    """' 10/10' is several tokens and ' 1/10' is not its prefix: the ten option log-probs equal the
-    engine's summed continuation log-probs, and the expected rating is computed from all ten."""
+def test_score_ratings_on_a_real_tokenizer(tmp_path, tiny_model_dir):
+    """SmolLM2 splits digits, so " 1" is a prefix of " 10": rating 1 is " 1" not followed by "0", i.e.
+    P(" 1") − P(" 10"); ratings 2..10 are the engine's summed log-probs of " 2" … " 10"."""
     import math
 
     from generators.engines.transformers_engine import TransformersEngine
+    from labelers.score import RATING_OPTIONS
 
     engine = TransformersEngine(str(tiny_model_dir))
     spec = template_spec("score", "score")
-    ten = engine.tokenizer(" 10/10", add_special_tokens=False)["input_ids"]
-    one = engine.tokenizer(" 1/10", add_special_tokens=False)["input_ids"]
-    assert len(ten) > 2 and ten[: len(one)] != one
+    ten = engine.tokenizer(" 10", add_special_tokens=False)["input_ids"]
+    one = engine.tokenizer(" 1", add_special_tokens=False)["input_ids"]
+    assert ten[: len(one)] == one and len(ten) == len(one) + 1
     standard = Standard("custom", "Is it kind?")
     [detail] = score_details(engine, ["hi"], ["hello"], [standard])
-    context = single_context(spec, None, engine, PROMPT[:0] + [{"role": "user", "content": "hi"}], "hello", standard)
-    separate = engine.score([context] * 10, list(spec.options))
-    assert detail["logprobs"] == pytest.approx(separate, abs=1e-4)
-    z = sum(math.exp(x) for x in separate)
-    assert detail["expected_rating"] == pytest.approx(sum((i + 1) * math.exp(x) / z for i, x in enumerate(separate)), abs=1e-5)
+    context = single_context(spec, None, engine, [{"role": "user", "content": "hi"}], "hello", standard)
+    assert context.endswith("Rating:")
+    separate = engine.score([context] * 10, list(RATING_OPTIONS))
+    assert detail["option_logprobs"] == pytest.approx(separate, abs=1e-4)
+    assert detail["logprobs"][1:] == pytest.approx(separate[1:], abs=1e-4)
+    assert math.exp(detail["logprobs"][0]) == pytest.approx(math.exp(separate[0]) - math.exp(separate[9]), rel=1e-3)
+    # P("0" | " 1") came from P(" 10") / P(" 1") with no extra row; scoring "0" after context + " 1" agrees
+    [[zero]] = engine.score_options([context + " 1"], ["0"])
+    assert detail["p_zero_after_one"] == pytest.approx(math.exp(zero), rel=1e-3)
+    probs = [math.exp(x) for x in detail["logprobs"]]
+    assert detail["expected_rating"] == pytest.approx(sum((i + 1) * p for i, p in enumerate(probs)) / sum(probs), abs=1e-5)
     rewards = score_responses(engine, ["hi", PROMPT], ["hello", "sure"], principle="Is it kind?", batch_size=1)
     assert rewards[0] == pytest.approx(detail["score"], abs=1e-5) and all(-1 <= r <= 1 for r in rewards)
 
 
 def test_label_scores_and_export(tmp_path):
-    def logprob(context, option):  # the labeler puts all its mass on " 8/10"
-        return 0.0 if option == " 8/10" else -50.0
+    def logprob(context, option):  # the labeler puts all its mass on " 8"
+        return 0.0 if option == " 8" else -50.0
 
     inputs = tmp_path / "in.jsonl"
     inputs.write_text(json.dumps({"prompt": "hi", "response": "hello"}) + "\n")

@@ -16,6 +16,7 @@ def test_append_resume_and_torn_tail(tmp_path):
     # simulate a kill -9 in the middle of a write
     with open(run.records_path, "a") as f:
         f.write('{"id": "3", "x"')
+    run.close()  # the killed process's lock went with it
     again = RunDir(tmp_path / "r", {"model": "m"})
     assert again.done_ids() == {"1", "2"}
     again.append([{"id": "3", "x": 3}])

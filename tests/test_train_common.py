@@ -231,3 +231,25 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_rng(tmp_path, tiny
     changed = load_config(TrainConfig, None, data=["d"], model=str(tiny_model_dir), out=str(tmp_path), lr=5e-2)
     with pytest.raises(ConfigError, match="options changed since this checkpoint: lr"):
         load_checkpoint(latest_checkpoint(tmp_path), accelerator, model2, optimizer2, scheduler2, changed, plan)
+
+
+@pytest.mark.parametrize("trainer", ["sft", "pm", "dpo", "kto"])
+def test_logged_lr_is_the_rate_the_step_used(tmp_path, tiny_model_dir, trainer):
+    """Linear warm-up over 2 of 4 steps: step 1 updates with lr 0 and step 2 with lr/2 — and logs just that."""
+    import importlib
+
+    module, config_cls, function, row = {
+        "sft": ("trainers.sft", "SFTConfig", "train_sft", chat(0)),
+        "pm": ("trainers.preference_model", "PMConfig", "train_preference_model",
+               {"prompt": "Hi", "chosen": "Hello", "rejected": "Go away"}),
+        "dpo": ("trainers.dpo", "DPOConfig", "train_dpo", {"prompt": "Hi", "chosen": "Hello", "rejected": "Go away"}),
+        "kto": ("trainers.kto", "KTOConfig", "train_kto", {"prompt": "Hi", "completion": "Hello", "label": True}),
+    }[trainer]
+    rows = [row] * 3 + ([{**row, "label": False}] if trainer == "kto" else [row])
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    code = importlib.import_module(module)
+    config = load_config(getattr(code, config_cls), None, data=[str(data)], model=str(tiny_model_dir), out=str(tmp_path / "o"),
+                         lr=1e-3, lr_schedule="linear", warmup_ratio=0.5, max_steps=4, stop_after_steps=2, batch_size=4,
+                         eval_fraction=0.0, quiet=True, max_length=64)
+    getattr(code, function)(config)
+    assert [m["lr"] for m in read_metrics(tmp_path / "o") if "lr" in m] == [0.0, pytest.approx(5e-4)]

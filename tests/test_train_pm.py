@@ -79,6 +79,7 @@ def test_soft_labels_of_one_half_teach_no_preference(tmp_path, tiny_model_dir):
     assert after["mean_abs_margin"] <= before["mean_abs_margin"] + 1e-3
     assert abs(after["mean_margin"]) < 0.1
     assert after["accuracy"] is None  # every label is a tie: no hard label to be accurate against
+    assert [m["accuracy"] for m in read_metrics(tmp_path / "pm") if "loss" in m] == [None] * 8  # training: same rule
     assert after["loss"] == pytest.approx(0.6931, abs=0.01)  # log 2: "no preference" is optimal
 
 
@@ -119,3 +120,19 @@ def test_cli_pm_smoke_on_embedded_model(tmp_path, embedded_model_dir):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["final_eval"]["pairs"] == 2
     assert (out / "model.safetensors").exists() and (out / "calibration.png").exists()
+
+
+def test_accuracy_leaves_ties_out_in_training_and_eval_alike(monkeypatch):
+    """Margins +1, −1, 0, +2, −3 against labels 1, 1, 1, 0.5, 0: the tie label (0.5) and the tie margin (0)
+    are left out; of the other three, +1 vs 1 and −3 vs 0 are right, −1 vs 1 is wrong → 2 of 3."""
+    import torch
+
+    import trainers.preference_model as pm
+
+    margin, p = torch.tensor([1.0, -1.0, 0.0, 2.0, -3.0]), torch.tensor([1.0, 1.0, 1.0, 0.5, 0.0])
+    assert pm.pairwise_accuracy(margin, p) == (2, 3)
+    assert pm.pairwise_accuracy(torch.zeros(2), torch.tensor([1.0, 0.0])) == (0, 0)
+    monkeypatch.setattr(pm, "pair_rewards", lambda model, pairs, pad, device: (margin, torch.zeros(5), p))
+    model = torch.nn.Linear(1, 1)
+    evaluated = pm.evaluate_pairs(model, [{}] * 5, PMConfig(data=["d"], model="m", out="o", batch_size=5), 0, "cpu")
+    assert evaluated["accuracy"] == pytest.approx(2 / 3)

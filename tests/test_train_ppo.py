@@ -416,3 +416,71 @@ def test_cai_train_ppo_cli_runs_and_resumes(tmp_path, prompts_file, policy_dir, 
     assert second.returncode == 0, second.stderr[-2000:]
     assert json.loads(second.stdout)["finished"] is True
     assert [m["step"] for m in read_metrics(tmp_path / "cli")] == [1, 2]
+
+
+# ---- the sampling distribution, dropout and the logged learning rate ---------------------------------
+
+
+def test_rollout_ignores_the_models_generation_config(tmp_path):
+    """A policy that puts almost all its mass on " cat", shipped with a generation_config that would forbid
+    repeating (or even emitting) it: rollouts still sample from softmax(logits / T), so they say cat cat …"""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainers.rollout import eos_token_ids, render_prompt_ids, sample_rollout
+
+    ids = build_biased_policy(tmp_path, word_logit=0.0, eos_logit=0.0)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
+    cat = ids[WORDS.index(" cat")]
+    with torch.no_grad():
+        model.lm_head.weight[cat, 0] = 25.0 / math.sqrt(32)
+    model.generation_config.update(repetition_penalty=5.0, no_repeat_ngram_size=1, top_k=1, min_p=0.5, typical_p=0.5,
+                                   suppress_tokens=[cat], min_new_tokens=3)
+    saved = model.generation_config.to_dict()
+    prompt_ids = render_prompt_ids(tokenizer, [[{"role": "user", "content": "Hi"}]] * 2, 64)
+    torch.manual_seed(0)
+    roll = sample_rollout(model, tokenizer, prompt_ids, max_new_tokens=5, temperature=1.0,
+                          eos_ids=eos_token_ids(model, tokenizer), pad_id=tokenizer.pad_token_id)
+    assert roll.response_ids.tolist() == [[cat] * 5] * 2
+    assert model.generation_config.to_dict() == saved  # the model's own config is put back
+
+
+def dropout_policy(path: Path) -> Path:
+    """The biased policy with attention dropout 0.5 (applied in train mode only)."""
+    build_biased_policy(path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.5}))
+    return path
+
+
+def test_disable_dropout_zeroes_modules_lora_and_attention_rates(tmp_path):
+    from trainers.common import disable_dropout, load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(str(dropout_policy(tmp_path)), lora_r=4, lora_dropout=0.5)
+    rates = lambda: [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] + [  # noqa: E731
+        m.attention_dropout for m in model.modules() if hasattr(m, "attention_dropout")]
+    assert max(rates()) == 0.5
+    disable_dropout(model)
+    assert rates() and max(rates()) == 0.0
+
+
+def test_ppo_first_update_has_ratio_one_despite_dropout(tmp_path, prompts_file, py_reward, monkeypatch):
+    """With dropout on, the update's log-probs (train mode) would differ from the rollout's (eval mode) before
+    any step; PPO disables dropout, so the first minibatch's ratio is exactly 1."""
+    import trainers.losses as losses
+
+    calls = []
+    original = losses.ppo_policy_loss
+    monkeypatch.setattr(losses, "ppo_policy_loss", lambda logp, old, *a: calls.append((logp.detach(), old)) or original(logp, old, *a))
+    config = make_config(tmp_path / "out", prompts_file, dropout_policy(tmp_path / "model"), py_reward, iterations=1,
+                         batch_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=4)
+    train_ppo(config)
+    logp, old = calls[0]
+    assert torch.allclose(logp, old, atol=1e-5)
+
+
+def test_ppo_logs_the_lr_each_update_used(tmp_path, prompts_file, policy_dir, py_reward):
+    """One update per iteration, linear warm-up over the first of 2: iteration 1 updated with lr 0."""
+    config = make_config(tmp_path / "out", prompts_file, policy_dir, py_reward, iterations=2, batch_size=4,
+                         minibatch_size=4, ppo_epochs=1, max_new_tokens=4, lr_schedule="linear", warmup_ratio=0.5, lr=1e-3)
+    train_ppo(config)
+    assert [m["lr"] for m in read_metrics(config.out)] == [0.0, pytest.approx(1e-3)]

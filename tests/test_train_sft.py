@@ -193,3 +193,35 @@ def test_cli_sft_smoke_on_embedded_model(tmp_path, embedded_model_dir):
     assert json.loads(done.stdout[done.stdout.index("{"):])["steps"] == 2
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
+
+
+def test_resume_compares_resolved_paths_and_fingerprints_the_data(tmp_path, tiny_model_dir, monkeypatch):
+    """The same --data / --out spelled relative then absolute resumes; a moved run directory resumes; a
+    data file edited in place (same row count) is refused, naming the file; a checkpoint written before
+    fingerprints existed still resumes."""
+    import json as _json
+
+    from trainers.common import ConfigError, latest_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "train.jsonl", sft_rows(8))
+    options = dict(max_steps=3, batch_size=2, lr=5e-3)
+    stopped = train_sft(config(tmp_path, tiny_model_dir, data=["train.jsonl"], out="run", stop_after_steps=1, **options))
+    assert stopped["stopped_at_step"] == 1
+    (tmp_path / "run").rename(tmp_path / "moved")  # the run directory moves; data given as an absolute path now
+    resumed = config(tmp_path, tiny_model_dir, data=[str(tmp_path / "train.jsonl")], out=str(tmp_path / "moved"),
+                     stop_after_steps=1, **options)
+    assert train_sft(resumed)["stopped_at_step"] == 2
+    assert [m["step"] for m in read_metrics(tmp_path / "moved")] == [1, 2]
+
+    edited = sft_rows(8)
+    edited[3]["messages"][1]["content"] = "cherry"
+    write_jsonl(tmp_path / "train.jsonl", edited)  # same number of rows: the step plan alone cannot tell
+    with pytest.raises(ConfigError, match=f"the data file {tmp_path / 'train.jsonl'} changed since this checkpoint"):
+        train_sft(config(tmp_path, tiny_model_dir, data=["train.jsonl"], out="moved", **options))
+
+    state_file = latest_checkpoint(tmp_path / "moved") / "trainer_state.json"
+    state = _json.loads(state_file.read_text())
+    del state["inputs"], state["paths"]  # as written by an older version
+    state_file.write_text(_json.dumps(state))
+    assert train_sft(config(tmp_path, tiny_model_dir, data=["train.jsonl"], out="moved", **options))["steps"] == 3

@@ -28,6 +28,8 @@ A trainer's life, top to bottom (see trainers/sft.py for the full example)::
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import math
 import os
@@ -41,8 +43,13 @@ from typing import Any
 
 CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
-# Config fields that may differ between a run and its resumption (they do not change the numbers).
-RESUME_NEUTRAL_FIELDS = {"resume", "stop_after_steps", "quiet", "save_every", "keep_checkpoints", "log_with", "config"}
+# Config fields that may differ between a run and its resumption (they do not change the numbers;
+# `out` and `resume` are where the run lives, which may move).
+RESUME_NEUTRAL_FIELDS = {"out", "resume", "stop_after_steps", "quiet", "save_every", "keep_checkpoints", "log_with", "config"}
+# Path-valued config fields: compared by resolved path on resume (`./d.jsonl` = `/abs/d.jsonl`).
+PATH_FIELDS = ("data", "eval_data", "model", "ref_model", "prompts", "reward", "constitution")
+# Input data fields whose files are fingerprinted (size + sha256) in each checkpoint.
+DATA_FIELDS = ("data", "eval_data", "prompts")
 
 
 class ConfigError(ValueError):
@@ -113,17 +120,27 @@ class TrainConfig:
 def load_config(cls: type, yaml_path: str | Path | None = None, **overrides: Any):
     """Build a ``cls`` dataclass from defaults < YAML file < keyword overrides (``None`` overrides are
     ignored, so CLI options left unset fall through). YAML keys may use ``-`` or ``_``; an unknown key,
-    a wrongly typed value or a missing required field raises ``ConfigError`` naming the key and file."""
+    a wrongly typed value or a missing required field raises ``ConfigError`` naming the key and file.
+    YAML anchors/aliases are refused (a "billion laughs" file would otherwise expand before any check)."""
     import yaml
+
+    from constitution.loader import StrictLoader, YAMLRefused
+
+    class ConfigLoader(StrictLoader):
+        kind = "training configs"
 
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     if yaml_path is not None:
         try:
-            loaded = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
+            loaded = yaml.load(Path(yaml_path).read_text(encoding="utf-8"), Loader=ConfigLoader) or {}
         except OSError as exc:
             raise ConfigError(f"--config {yaml_path}: cannot read ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--config {yaml_path}: not UTF-8 text") from None
+        except YAMLRefused as exc:
+            raise ConfigError(f"{yaml_path}:{exc.line}: {exc.message}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"--config {yaml_path}: not valid YAML ({exc})") from None
         if not isinstance(loaded, dict):
@@ -205,6 +222,59 @@ def model_options(config: TrainConfig) -> dict[str, Any]:
     }
 
 
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def model_source(model: str, what: str | None = None) -> str:
+    """What ``from_pretrained`` should load for a model argument (``resolve_model``), checked first so
+    that a bad argument is one ConfigError naming it and the reason instead of an OSError traceback:
+    a folder that does not exist, a folder without safetensors weights (pickle weights are refused),
+    a Hub id that is not in the local cache while downloads are off. ``what`` starts the message."""
+    from generators.engines.embedded import resolve_model
+
+    what = what or f"--model {model}"
+    try:
+        path = resolve_model(model)
+    except (OSError, RuntimeError) as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    folder = Path(path)
+    if not folder.is_dir():
+        if folder.exists():
+            raise ConfigError(f"{what}: {path} is a file, not a model folder")
+        if not _downloads_off():
+            return path  # from_pretrained fetches what the cache lacks (safetensors only)
+        folder = _hub_snapshot(path)
+        if folder is None:
+            raise ConfigError(f"{what}: model id {model!r} is not in the local Hugging Face cache and downloads "
+                              f"are off (HF_HUB_OFFLINE); there is no folder {model} either")
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted({p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern)} - {"training_args.bin"})
+        if pickles:
+            raise ConfigError(f"{what}: {folder} has no safetensors weights (only {', '.join(pickles)}); pickle weights "
+                              f"are refused — convert with `from_pretrained('{folder}', use_safetensors=False)"
+                              f".save_pretrained('{folder}')` if you trust the file")
+        raise ConfigError(f"{what}: {folder} has no model weights (no *.safetensors file)")
+    return path
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The local cache folder of a Hub model id (None when it is not cached, or not a valid id)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # not a valid repo id
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _downloads_off() -> bool:
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(name, "").strip().upper() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return constants.HF_HUB_OFFLINE or any(flag in ("1", "ON", "YES", "TRUE") for flag in flags)
+
+
 def load_model_and_tokenizer(
     model: str,
     *,
@@ -215,11 +285,13 @@ def load_model_and_tokenizer(
     lora_target_modules: list[str] | None = None,
     gradient_checkpointing: bool = False,
     trust_remote_code: bool = False,
+    what: str | None = None,
 ):
     """Load ``(model, tokenizer)`` in float32 from safetensors only (no pickle weights).
 
-    ``model`` goes through ``generators.engines.embedded.resolve_model`` (``smollm2-135m`` → cache
-    folder). ``head="causal_lm"`` gives AutoModelForCausalLM; ``head="score"`` gives
+    ``model`` goes through ``model_source`` (``smollm2-135m`` → cache folder; a missing folder, pickle
+    weights or an uncached Hub id while offline are a ConfigError starting with ``what``, default
+    ``--model MODEL``). ``head="causal_lm"`` gives AutoModelForCausalLM; ``head="score"`` gives
     AutoModelForSequenceClassification with ``num_labels=1`` (a new scalar head on the backbone, with
     ``config.pad_token_id`` set so the reward is read at the last non-pad token). A tokenizer without a
     pad token gets its eos token as pad. ``lora_r > 0`` wraps the model with a peft LoRA adapter (the
@@ -228,22 +300,24 @@ def load_model_and_tokenizer(
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from generators.engines.embedded import resolve_model
-
-    path = resolve_model(model)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    common = {"dtype": torch.float32, "use_safetensors": True, "trust_remote_code": trust_remote_code}
-    if head == "causal_lm":
-        network = AutoModelForCausalLM.from_pretrained(path, **common)
-    elif head == "score":
-        network = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, pad_token_id=tokenizer.pad_token_id, **common
-        )
-        network.config.pad_token_id = tokenizer.pad_token_id
-    else:
+    if head not in ("causal_lm", "score"):
         raise ConfigError(f"head must be 'causal_lm' or 'score', got {head!r}")
+    what = what or f"--model {model}"
+    path = model_source(model, what)
+    common = {"dtype": torch.float32, "use_safetensors": True, "trust_remote_code": trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if head == "causal_lm":
+            network = AutoModelForCausalLM.from_pretrained(path, **common)
+        else:
+            network = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, pad_token_id=tokenizer.pad_token_id, **common
+            )
+            network.config.pad_token_id = tokenizer.pad_token_id
+    except OSError as exc:  # a broken folder, or a Hub id that does not exist
+        raise ConfigError(f"{what}: cannot load the model ({str(exc).strip().splitlines()[0]})") from None
     if gradient_checkpointing:
         network.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         network.config.use_cache = False
@@ -263,6 +337,21 @@ def load_model_and_tokenizer(
             network.enable_input_require_grads()
         network = get_peft_model(network, lora)
     return network, tokenizer
+
+
+def disable_dropout(model) -> None:
+    """Zero every dropout probability (``nn.Dropout`` modules, LoRA dropout included, and the
+    ``attention_dropout`` rate attention layers apply functionally). DPO and KTO compare the policy
+    with a reference that runs without dropout, and PPO compares log-probs taken in eval mode with
+    the update's: with dropout on, those differences would be noise at step 0. The model stays in
+    train mode (gradient checkpointing needs it)."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), (int, float)):
+            module.attention_dropout = 0.0
 
 
 def make_accelerator(config: TrainConfig):
@@ -482,6 +571,8 @@ def save_checkpoint(out: str | Path, step: int, accelerator, model, optimizer, s
             "epoch": plan.epoch_of(step),
             "plan": dataclasses.asdict(plan),
             "config": config_to_dict(config),
+            "paths": _path_spellings(config_to_dict(config)),
+            "inputs": input_fingerprints(config),
             **(extra or {}),
         }
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
@@ -512,13 +603,20 @@ def load_checkpoint(path: str | Path, accelerator, model, optimizer, scheduler, 
 
     path = Path(path)
     state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    now = config_to_dict(config)
+    now_paths, then_paths = _path_spellings(now), {**_path_spellings(state["config"]), **state.get("paths", {})}
+    changed = sorted(k for k, v in state["config"].items() if k not in RESUME_NEUTRAL_FIELDS
+                     and (then_paths[k] != now_paths[k] if k in now_paths else now.get(k) != v))
+    if changed:
+        raise ConfigError(f"{path}: options changed since this checkpoint: {', '.join(changed)}; use --no-resume or a new --out")
+    inputs = input_fingerprints(config)
+    for name, then in state.get("inputs", {}).items():  # old checkpoints have none: nothing to compare
+        if name in inputs and inputs[name] != then:
+            raise ConfigError(f"{path}: the data file {name} changed since this checkpoint (now {inputs[name]['size']} "
+                              f"bytes, was {then['size']}; different content); use --no-resume or a new --out")
     if state["plan"] != dataclasses.asdict(plan):
         raise ConfigError(f"{path}: the training data or batch options changed since this checkpoint "
                          f"(checkpoint plan {state['plan']}, now {dataclasses.asdict(plan)}); use --no-resume or a new --out")
-    now = config_to_dict(config)
-    changed = sorted(k for k, v in state["config"].items() if k not in RESUME_NEUTRAL_FIELDS and now.get(k) != v)
-    if changed:
-        raise ConfigError(f"{path}: options changed since this checkpoint: {', '.join(changed)}; use --no-resume or a new --out")
     unwrapped = accelerator.unwrap_model(model)
     weights = load_file(str(path / "model.safetensors"))
     trainable = {name for name, p in unwrapped.named_parameters() if p.requires_grad}
@@ -535,6 +633,72 @@ def load_checkpoint(path: str | Path, accelerator, model, optimizer, scheduler, 
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return state
+
+
+def _split_path(value: str) -> tuple[str, Path | None, str]:
+    """``(prefix, existing path or None, suffix)`` of a path-valued option: ``pm:``/``ai:`` before the
+    path (--reward), ``:WEIGHT`` after it (--data), both kept out of the path."""
+    prefix = value[:3] if value[:3] in ("pm:", "ai:") else ""
+    rest, suffix = value[len(prefix):], ""
+    if not Path(rest).expanduser().exists() and ":" in rest:
+        head, _, tail = rest.rpartition(":")
+        rest, suffix = (head, ":" + tail) if Path(head).expanduser().exists() else (rest, "")
+    path = Path(rest).expanduser()
+    return prefix, (path if rest and path.exists() else None), suffix
+
+
+def _spelling(value: Any) -> Any:
+    """An option value with every existing path in it made absolute (symlinks resolved)."""
+    if isinstance(value, list):
+        return [_spelling(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    prefix, found, suffix = _split_path(value)
+    return value if found is None else f"{prefix}{found.resolve()}{suffix}"
+
+
+def _path_spellings(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: _spelling(config[k]) for k in PATH_FIELDS if k in config}
+
+
+def input_fingerprints(config) -> dict[str, dict[str, Any]]:
+    """``{resolved path: {"size", "sha256"}}`` of the input data files (and folders) of a config, so a
+    resume can tell a data file edited in place from the one the run started with."""
+    from trainers.data import DataError, resolve_source
+
+    found: dict[str, dict[str, Any]] = {}
+    for name in DATA_FIELDS:
+        values = getattr(config, name, None) or []
+        for value in values if isinstance(values, list) else [values]:
+            path = _split_path(value)[1]
+            if path is not None:
+                try:  # an export folder: the file the trainer reads from it
+                    path = resolve_source(path, config.data_kind) if path.is_dir() and getattr(config, "data_kind", None) else path
+                except DataError:
+                    pass
+                resolved = path.resolve()
+                found[str(resolved)] = _fingerprint(resolved, _stat_key(resolved))
+    return found
+
+
+def _stat_key(path: Path) -> tuple:
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(path: Path, stat_key: tuple) -> dict[str, Any]:
+    """Size and sha256 of a file, or of a folder's files (names and contents); cached per (path, sizes, mtimes)."""
+    digest, size = hashlib.sha256(), 0
+    for name, _, _ in stat_key:
+        file = Path(name)
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+                size += len(block)
+    return {"size": size, "sha256": digest.hexdigest()}
 
 
 def _tuples(value: Any) -> Any:

@@ -40,19 +40,26 @@ class DataError(ValueError):
 def load_rows(source: str | Path, kind: str) -> list[dict[str, Any]]:
     """Rows of one source: a JSONL file, a `datasets` folder (``save_to_disk``; a DatasetDict uses its
     "train" split), or an export folder holding the file for ``kind`` (e.g. ``sft.jsonl``)."""
+    path = resolve_source(source, kind)
+    return _read_jsonl(path) if path.is_file() else _read_datasets_folder(path)
+
+
+def resolve_source(source: str | Path, kind: str) -> Path:
+    """The JSONL file or `datasets` folder that ``load_rows`` reads for a source (an export folder
+    becomes the file for ``kind`` inside it)."""
     path = Path(source)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_file():
-        return _read_jsonl(path)
+        return path
     if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-        return _read_datasets_folder(path)
+        return path
     for name in EXPORT_NAMES[kind]:
         if (path / name).exists():
-            return load_rows(path / name, kind)
+            return resolve_source(path / name, kind)
     jsonl = sorted(path.glob("*.jsonl"))
     if len(jsonl) == 1:
-        return _read_jsonl(jsonl[0])
+        return jsonl[0]
     raise DataError(f"{path}: cannot tell which data to use for {kind} training; expected one of "
                     f"{', '.join(EXPORT_NAMES[kind])}, a single *.jsonl or a `datasets` folder; found "
                     f"{', '.join(p.name for p in sorted(path.iterdir())) or 'nothing'}")
@@ -60,8 +67,13 @@ def load_rows(source: str | Path, kind: str) -> list[dict[str, Any]]:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:  # decoded line by line, so a non-UTF-8 byte is reported with its line
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{number}: not UTF-8 text (byte {raw[exc.start]:#04x} at position {exc.start + 1} of the line); "
+                                "save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:

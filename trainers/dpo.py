@@ -30,6 +30,7 @@ from trainers.common import (
     MetricsLogger,
     TrainConfig,
     config_to_dict,
+    disable_dropout,
     load_checkpoint,
     load_model_and_tokenizer,
     make_accelerator,
@@ -50,6 +51,7 @@ from trainers.data import LengthReport, pad_right, tokenize_messages, train_and_
 class DPOConfig(TrainConfig):
     """Options of `cai train dpo` (plus those of TrainConfig)."""
 
+    data_kind = "preference"  # which rows --data holds (a class attribute, not an option)
     lr: float = opt(1e-6, "peak learning rate (AdamW); DPO wants a much smaller one than SFT")
     beta: float = opt(0.1, "β: strength of the pull towards the reference (larger = stay closer)")
     ref_model: str | None = opt(None, "reference model (default: the initial policy, i.e. --model); must share its tokenizer")
@@ -123,16 +125,6 @@ def response_logps(model, batch: dict[str, Any]):
     return sequence_logprobs(logits, ids[:, start:], mask[:, start:])
 
 
-def disable_dropout(model) -> None:
-    """Zero every dropout probability: the precomputed reference runs without dropout, so the policy
-    must too, or Δ would be noise at step 0 (the model stays in train mode for gradient checkpointing)."""
-    import torch
-
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-
-
 def compute_logps(model, sequences: list[tuple[list[int], list[int]]], batch_size: int, pad_token_id: int,
                   accelerator, desc: str, quiet: bool):
     """Response log-probs of many sequences with no gradient, ``[len(sequences)]`` on the CPU; batches
@@ -170,7 +162,10 @@ def model_identity(name: str) -> str:
     model folder overwritten with other weights must not reuse reference numbers cached for the old."""
     from generators.engines.embedded import resolve_model
 
-    folder = Path(resolve_model(name))
+    try:
+        folder = Path(resolve_model(name))
+    except OSError:  # a missing folder: reported (one line) when the model is loaded
+        return name
     if not folder.is_dir():
         return name
     stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.glob("*.safetensors"))]
@@ -201,7 +196,8 @@ def load_reference_model(config: TrainConfig, tokenizer, accelerator):
     """The reference for live mode or --ref-model: a frozen model in eval mode on the device, checked
     to share the policy's tokenizer (the token ids are the policy's)."""
     name = config.ref_model or config.model
-    model, ref_tokenizer = load_model_and_tokenizer(name, trust_remote_code=config.trust_remote_code)
+    what = f"--ref-model {name}" if config.ref_model else None
+    model, ref_tokenizer = load_model_and_tokenizer(name, trust_remote_code=config.trust_remote_code, what=what)
     if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ConfigError(f"--ref-model {name}: its tokenizer differs from the policy's ({config.model}); "
                          "DPO/KTO need both to score the same token ids")
@@ -380,11 +376,12 @@ def train_dpo(config: DPOConfig) -> dict[str, Any]:
             step_tokens += tokens
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if config.max_grad_norm > 0 else None
         optimizer.step()
+        lr = scheduler.get_last_lr()[0]  # the rate this step used (before the schedule moves on)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
         elapsed = time.perf_counter() - began
-        metrics = {**dpo_metrics(outputs, weights), "lr": scheduler.get_last_lr()[0], "tokens": step_tokens,
+        metrics = {**dpo_metrics(outputs, weights), "lr": lr, "tokens": step_tokens,
                    "tokens_per_s": step_tokens / elapsed, "epoch": plan.epoch_of(step)}
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)

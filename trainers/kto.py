@@ -26,6 +26,7 @@ from trainers.common import (
     MetricsLogger,
     TrainConfig,
     config_to_dict,
+    disable_dropout,
     load_checkpoint,
     load_model_and_tokenizer,
     make_accelerator,
@@ -42,7 +43,6 @@ from trainers.common import (
 from trainers.data import DataError, LengthReport, train_and_eval_rows
 from trainers.dpo import (
     collate_sequences,
-    disable_dropout,
     load_reference_model,
     reference_context,
     reference_logps_for,
@@ -55,6 +55,7 @@ from trainers.dpo import (
 class KTOConfig(TrainConfig):
     """Options of `cai train kto` (plus those of TrainConfig)."""
 
+    data_kind = "kto"  # which rows --data holds (a class attribute, not an option)
     lr: float = opt(1e-6, "peak learning rate (AdamW); KTO, like DPO, wants a much smaller one than SFT")
     beta: float = opt(0.1, "β: strength of the pull towards the reference (larger = stay closer)")
     desirable_weight: float = opt(1.0, "λ_D: weight of the desirable examples' loss")
@@ -281,11 +282,12 @@ def train_kto(config: KTOConfig) -> dict[str, Any]:
             step_tokens += tokens
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if config.max_grad_norm > 0 else None
         optimizer.step()
+        lr = scheduler.get_last_lr()[0]  # the rate this step used (before the schedule moves on)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
         elapsed = time.perf_counter() - began
-        metrics = {**kto_metrics(outputs, chunks), "kl_raw": z0.item(), "lr": scheduler.get_last_lr()[0],
+        metrics = {**kto_metrics(outputs, chunks), "kl_raw": z0.item(), "lr": lr,
                    "tokens": step_tokens, "tokens_per_s": step_tokens / elapsed, "epoch": plan.epoch_of(step)}
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainers.common import (
-    ConfigError, StepPlan, load_checkpoint, load_config, load_model_and_tokenizer, make_accelerator,
+    ConfigError, StepPlan, disable_dropout, load_checkpoint, load_config, load_model_and_tokenizer, make_accelerator,
     make_optimizer_and_scheduler, model_options, opt, progress_bar, read_metrics, resume_checkpoint,
     save_checkpoint, save_final_model, set_seed, MetricsLogger,
 )
@@ -214,6 +214,7 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
 
     # ---- models: policy (+ value head), reference, reward -------------------------------------------
     policy, tokenizer = load_model_and_tokenizer(config.model, **model_options(config))
+    disable_dropout(policy)  # the rollout's log-probs (eval mode) and the update's (train mode) must agree
     accelerator = make_accelerator(config)
     reference = None if config.lora_r > 0 else copy.deepcopy(policy).requires_grad_(False).eval()
     value_head = value_backbone = None
@@ -227,6 +228,7 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
 
             value_backbone = AutoModel.from_pretrained(resolve_model(config.model), use_safetensors=True,
                                                        trust_remote_code=config.trust_remote_code)
+            disable_dropout(value_backbone)
     model = PolicyAndValue(policy, value_head, value_backbone)
     if reference is not None:
         reference.to(accelerator.device)
@@ -341,6 +343,7 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
                 if config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
+                lr = scheduler.get_last_lr()[0]  # the rate this update used (before the schedule moves on)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 stats["policy_loss"].append(pg.loss.item())
@@ -355,7 +358,7 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
             "kl": seq_kl.mean().item(), "kl_coef": beta, "entropy": masked_mean(entropy, mask).item(),
             "response_length": mask.sum(-1).mean().item(), "eos_fraction": roll.finished.float().mean().item(),
             **{k: sum(v) / len(v) for k, v in stats.items() if v},
-            "lr": scheduler.get_last_lr()[0], "rollout_s": t1 - t0, "reward_s": t2 - t1, "logprobs_s": t3 - t2,
+            "lr": lr, "rollout_s": t1 - t0, "reward_s": t2 - t1, "logprobs_s": t3 - t2,
             "update_s": t4 - t3, "samples_per_s": len(rows) / (t4 - t0),
         }
         logger.log(step + 1, metrics)

@@ -7,8 +7,12 @@ Data: rows with ``prompt`` (messages), ``chosen`` / ``rejected`` (assistant mess
 the head's output at its last non-pad token, so the saved folder loads back with
 ``AutoModelForSequenceClassification.from_pretrained(OUT)`` and scores any chat the same way.
 
-Evaluation (held-out split): pairwise accuracy against the hard labels (p_chosen ≥ 0.5 means chosen
-wins; exact ties 0.5 are left out) and calibration: the expected calibration error (ECE) of
+Accuracy, in training metrics and in evaluation alike (``pairwise_accuracy``): the share of pairs whose
+reward margin has the sign of the hard label (p_chosen > 0.5 means chosen wins), over the pairs that are
+not ties — a pair with a label of exactly 0.5 (no preference) or a margin of exactly 0 (no prediction)
+is left out of it (None when every pair is a tie).
+
+Evaluation (held-out split): loss, accuracy and calibration: the expected calibration error (ECE) of
 σ(r_chosen − r_rejected) against the soft labels and against the hard labels, with a reliability
 plot written to OUT/calibration.png.
 """
@@ -44,6 +48,7 @@ from trainers.data import LengthReport, pad_right, tokenize_messages, train_and_
 class PMConfig(TrainConfig):
     """Options of `cai train pm` (plus those of TrainConfig)."""
 
+    data_kind = "preference"  # which rows --data holds (a class attribute, not an option)
     lr: float = opt(1e-5, "peak learning rate (AdamW)")
     calibration_bins: int = opt(10, "equal-width bins of σ(margin) for the ECE and the reliability plot")
 
@@ -80,6 +85,13 @@ def pair_rewards(model, pairs: list[dict[str, Any]], pad_token_id: int, device):
 
 
 # ---------------------------------------------------------------- evaluation
+
+
+def pairwise_accuracy(margin, p) -> tuple[int, int]:
+    """(correct, counted): pairs whose margin r_chosen − r_rejected has the sign of the label (p > 0.5
+    → chosen wins), over the pairs that are not ties (p exactly 0.5, or a margin of exactly 0)."""
+    decided = (p != 0.5) & (margin != 0)
+    return int(((margin > 0) == (p > 0.5))[decided].sum()), int(decided.sum())
 
 
 def expected_calibration_error(predicted, target, bins: int) -> tuple[float, list[dict[str, float]]]:
@@ -120,7 +132,8 @@ def evaluate_pairs(model, pairs: list[dict[str, Any]], config: PMConfig, pad_tok
     predicted = torch.sigmoid(margin)
     ece_soft, table_soft = expected_calibration_error(predicted.numpy(), p.numpy(), config.calibration_bins)
     ece_hard, table_hard = expected_calibration_error(predicted[decided].numpy(), hard[decided].numpy(), config.calibration_bins)
-    accuracy = ((margin[decided] > 0).float() == hard[decided]).float().mean().item() if decided.any() else None
+    correct, counted = pairwise_accuracy(margin, p)
+    accuracy = correct / counted if counted else None
     return {
         "loss": soft_bt_loss(margin, torch.zeros_like(margin), p).item(),
         "accuracy": accuracy,
@@ -196,7 +209,7 @@ def train_preference_model(config: PMConfig) -> dict[str, Any]:
         began = time.perf_counter()
         micro_batches = plan.micro_batches(step)
         step_pairs = sum(len(b) for b in micro_batches)
-        step_loss, correct, margin_sum = 0.0, 0, 0.0
+        step_loss, correct, counted, margin_sum = 0.0, 0, 0, 0.0
         for indices in micro_batches:
             r_chosen, r_rejected, p = pair_rewards(model, [train_pairs[i] for i in indices], pad_id, device)
             # weight by pairs, so the step's loss is the mean over all its pairs
@@ -204,15 +217,17 @@ def train_preference_model(config: PMConfig) -> dict[str, Any]:
             accelerator.backward(loss)
             step_loss += loss.item()
             margin = (r_chosen - r_rejected).detach()
-            correct += int(((margin > 0) == (p >= 0.5)).sum())
+            right, decided = pairwise_accuracy(margin, p)
+            correct, counted = correct + right, counted + decided
             margin_sum += margin.sum().item()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if config.max_grad_norm > 0 else None
         optimizer.step()
+        lr = scheduler.get_last_lr()[0]  # the rate this step used (before the schedule moves on)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        metrics = {"loss": step_loss, "accuracy": correct / step_pairs, "margin": margin_sum / step_pairs,
-                   "lr": scheduler.get_last_lr()[0], "pairs_per_s": step_pairs / (time.perf_counter() - began),
+        metrics = {"loss": step_loss, "accuracy": correct / counted if counted else None, "margin": margin_sum / step_pairs,
+                   "lr": lr, "pairs_per_s": step_pairs / (time.perf_counter() - began),
                    "epoch": plan.epoch_of(step)}
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
@@ -221,7 +236,7 @@ def train_preference_model(config: PMConfig) -> dict[str, Any]:
             metrics.update({f"eval_{k}": v for k, v in evaluated.items() if k != "calibration_table"})
         logger.log(step + 1, metrics)
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", acc=f"{metrics['accuracy']:.2f}")
+        bar.set_postfix(loss=f"{step_loss:.4f}", acc="-" if metrics["accuracy"] is None else f"{metrics['accuracy']:.2f}")
         if (step + 1) % config.save_every == 0 or (step + 1 == stop_at and stop_at < plan.total_steps):
             save_checkpoint(config.out, step + 1, accelerator, model, optimizer, scheduler, config, plan)
     bar.close()

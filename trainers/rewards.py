@@ -47,12 +47,17 @@ class PreferenceModelReward:
     def __init__(self, path: str, *, device: str | torch.device = "cpu", batch_size: int = 16, trust_remote_code: bool = False):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from generators.engines.embedded import resolve_model
+        from trainers.common import ConfigError, model_source
 
         self.name = f"pm:{path}"
-        folder = resolve_model(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        try:  # safetensors only, like every model the trainers load
+            folder = model_source(path, f"--reward pm:{path}")
+            self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+            self.model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True, trust_remote_code=trust_remote_code)
+        except ConfigError as e:
+            raise RewardSpecError(str(e)) from None
+        except OSError as e:
+            raise RewardSpecError(f"--reward pm:{path}: cannot load the preference model ({str(e).strip().splitlines()[0]})") from None
         if self.model.config.num_labels != 1:
             raise RewardSpecError(f"{path}: expected a preference model with one output (num_labels=1), found {self.model.config.num_labels}")
         if self.tokenizer.pad_token_id is None:
@@ -91,7 +96,10 @@ class AIScoreReward:
         from generators.engines import load_engine
 
         self.name = f"ai:{model}"
-        self.engine = load_engine("transformers", model, **(engine_options or {}))
+        try:
+            self.engine = load_engine("transformers", model, **(engine_options or {}))
+        except OSError as e:  # a missing folder, an uncached Hub id
+            raise RewardSpecError(f"--reward ai:{model}: cannot load the labeler model ({str(e).strip().splitlines()[0]})") from None
         self._score = score_responses
         self.score_options = score_options or {}
 

@@ -92,23 +92,41 @@ def mask_after_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torc
     return mask, is_eos.any(dim=1)
 
 
+def sampling_config(max_new_tokens: int, temperature: float, eos_ids: list[int], pad_id: int):
+    """A GenerationConfig for pure sampling from ``softmax(logits / temperature)``, the distribution
+    PPO's log-probs assume: every logits processor a model's own ``generation_config`` may switch on
+    (repetition penalty, n-gram blocking, top-k / top-p / min-p / typical / η / ε truncation, minimum
+    length, suppressed or forced tokens, …) is set to its neutral value."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, typical_p=1.0,
+        epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
+        no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, min_length=0, num_beams=1, num_return_sequences=1,
+        renormalize_logits=False, remove_invalid_values=False, eos_token_id=eos_ids, pad_token_id=pad_id, use_cache=True,
+    )
+
+
 @torch.no_grad()
 def sample_rollout(
     model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int, temperature: float,
     eos_ids: list[int], pad_id: int,
 ) -> Rollout:
-    """Sample one response per prompt (pure sampling: no top-k / top-p, so log-probs match the sampler)."""
+    """Sample one response per prompt from ``softmax(logits / temperature)`` and nothing else: the
+    sampling config of :func:`sampling_config`, and — for the duration — in place of the model's own
+    ``generation_config`` too, since ``generate`` fills every field left unset (``min_p``,
+    ``sequence_bias``, ``suppress_tokens``, …, which have no neutral value but None) from it."""
     ids, mask = left_pad(prompt_ids, pad_id)
     device = next(model.parameters()).device
-    was_training = model.training
+    config = sampling_config(max_new_tokens, temperature, eos_ids, pad_id)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a peft wrapper
+    was_training, saved = model.training, base.generation_config
     model.eval()
+    base.generation_config = config
     try:
-        out = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            do_sample=True, temperature=temperature, top_k=0, top_p=1.0, eos_token_id=eos_ids,
-            pad_token_id=pad_id, use_cache=True,
-        )
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
     finally:
+        base.generation_config = saved
         model.train(was_training)
     response_ids = out[:, ids.shape[1] :].cpu()
     if response_ids.shape[1] == 0:  # cannot happen with max_new_tokens >= 1, but keep shapes sane

@@ -40,6 +40,7 @@ from trainers.data import LengthReport, pad_right, tokenize_messages, train_and_
 class SFTConfig(TrainConfig):
     """Options of `cai train sft` (plus those of TrainConfig)."""
 
+    data_kind = "sft"  # which rows --data holds (a class attribute, not an option)
     lr: float = opt(2e-5, "peak learning rate (AdamW)")
     packing: bool = opt(False, "pack several examples into each row of up to --max-length tokens (attention stays within each example)")
 
@@ -177,11 +178,12 @@ def train_sft(config: SFTConfig) -> dict[str, Any]:
             step_loss += weighted.item()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if config.max_grad_norm > 0 else None
         optimizer.step()
+        lr = scheduler.get_last_lr()[0]  # the rate this step used (before the schedule moves on)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
         elapsed = time.perf_counter() - began
-        metrics = {"loss": step_loss, "lr": scheduler.get_last_lr()[0], "tokens": step_tokens,
+        metrics = {"loss": step_loss, "lr": lr, "tokens": step_tokens,
                    "tokens_per_s": step_tokens / elapsed, "epoch": plan.epoch_of(step)}
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)

@@ -6,9 +6,12 @@ laptop (``transformers``), on a GPU (``vllm``) or against a server (``openai``) 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, Sequence, Union, runtime_checkable
+
+log = logging.getLogger(__name__)
 
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 Request = Union[str, list[Message]]  # a raw prompt, or a chat rendered with the model's chat template
@@ -31,7 +34,43 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    finish_reason: str  # "stop" (EOS or a stop string), "length", or "skipped" (prompt too long, on_long="skip")
+    prompt_truncated: bool = False  # the prompt's first tokens were cut so it fits (on_long="truncate")
+
+
+ON_LONG = ("truncate", "skip", "error")  # what an engine does with a prompt that does not fit its context
+
+
+class PromptTooLongError(ValueError):
+    """A prompt plus max_new_tokens does not fit the model's context (engine option on_long="error").
+    ``index`` is the request's position in the generate call."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
+
+
+def check_on_long(on_long: str) -> str:
+    if on_long not in ON_LONG:
+        raise ValueError(f"on_long must be one of {', '.join(ON_LONG)}, got {on_long!r}")
+    return on_long
+
+
+def fit_prompt(ids: list[int], max_new_tokens: int, max_length: int | None, on_long: str, index: int) -> list[int] | None:
+    """A prompt's token ids, if they plus max_new_tokens fit max_length; else by ``on_long``: the last
+    tokens that fit ("truncate"), None ("skip": generate nothing) or PromptTooLongError ("error")."""
+    if max_length is None or len(ids) + max_new_tokens <= max_length:
+        return ids
+    keep = max_length - max_new_tokens
+    if keep < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt (max_length {max_length})")
+    if on_long == "error":
+        raise PromptTooLongError(
+            f"request {index} has {len(ids)} prompt tokens; with max_new_tokens={max_new_tokens} that exceeds "
+            f"max_length {max_length} (on_long='error'; 'truncate' keeps the last {keep}, 'skip' leaves it out)", index)
+    log.warning("request %d has %d prompt tokens, too many for %d new tokens within max_length %d: %s", index,
+                len(ids), max_new_tokens, max_length, f"keeping the last {keep}" if on_long == "truncate" else "skipped")
+    return ids[-keep:] if on_long == "truncate" else None
 
 
 class EngineCapabilityError(RuntimeError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -39,16 +40,53 @@ def gguf_path(name: str) -> Path:
     return path
 
 
+class ModelNotFoundError(FileNotFoundError):
+    """A model argument that names a local folder which does not exist."""
+
+
+# A Hub model id: ``org/name`` (one slash, starting with a letter or digit).
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def looks_like_path(model: str) -> bool:
+    """A model argument meant as a folder, not a Hub id: anything but an embedded name, ``org/name`` or a
+    bare legacy Hub name (so ``./x``, ``~/x``, ``/abs/x``, ``runs/a/b`` and ``a\\b``)."""
+    if model in EMBEDDED_MODELS or HUB_ID.fullmatch(model):
+        return False
+    return model.startswith((".", "~")) or "/" in model or "\\" in model or os.sep in model
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
 def resolve_model(model: str) -> str:
     """Map a model argument to something ``from_pretrained`` loads: the embedded name becomes its
-    converted cache folder (built on first use); anything else (Hub id, local folder) passes through."""
+    converted cache folder (built on first use); an existing folder and a Hub id (``org/name``, or a bare
+    legacy name such as ``gpt2`` when downloads are allowed or it is cached) pass through; anything else
+    raises ModelNotFoundError ("folder X does not exist")."""
     if model not in EMBEDDED_MODELS:
+        if Path(model).expanduser().exists():
+            return str(Path(model).expanduser())
+        bare = not looks_like_path(model) and not HUB_ID.fullmatch(model)
+        if (looks_like_path(model) or (bare and _offline())) and not _in_hub_cache(model):
+            raise ModelNotFoundError(f"folder {model} does not exist")
         return model
     target = cache_root() / model
     if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
         return str(target)
     _convert(model, target)
     return str(target)
+
+
+def _in_hub_cache(model: str) -> bool:
+    """Whether a name (e.g. a legacy one-word Hub id such as ``gpt2``) has a model in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except Exception:  # not a valid repo id
+        return False
 
 
 def _convert(name: str, target: Path) -> None:

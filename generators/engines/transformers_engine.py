@@ -6,7 +6,10 @@ column) and handed to ``model.generate``; completions come back in request order
 the torch generator with ``seed + batch index`` before each batch: a run is reproducible for the
 same requests, seed and batch size. When every prompt of a batch starts with the same long token
 prefix (a constitution's system prompt and few-shot exchanges), that prefix is run once and its KV
-cache handed to ``generate`` for all the batch's rows.
+cache handed to ``generate`` for all the batch's rows. A prompt that leaves no room for
+max_new_tokens within ``max_length`` is handled by ``on_long``: "truncate" (the default) keeps its
+last tokens and marks the completion ``prompt_truncated``, "skip" generates nothing for it (finish
+reason "skipped"), "error" raises PromptTooLongError.
 
 Scoring computes the summed log-probability of continuation tokens. Contexts are left-padded so
 every row's continuation sits at the end, and ``logits_to_keep`` asks the model for the output
@@ -23,7 +26,7 @@ import inspect
 import logging
 from typing import Sequence
 
-from .base import Completion, GenerationParams, Message, Request
+from .base import Completion, GenerationParams, Message, Request, check_on_long, fit_prompt
 from .embedded import resolve_model
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ class TransformersEngine:
         batch_size: int = 16,
         trust_remote_code: bool = False,
         max_length: int | None = None,
+        on_long: str = "truncate",
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -57,6 +61,7 @@ class TransformersEngine:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.model_id = model
         self.batch_size = batch_size
+        self.on_long = check_on_long(on_long)  # a prompt + max_new_tokens over max_length: truncate, skip or error
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype == "auto":
             on_cuda = self.device.type == "cuda"
@@ -130,11 +135,12 @@ class TransformersEngine:
 
         if params.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {params.max_new_tokens}")
-        encoded = [self._encode_request(r) for r in requests]
-        encoded = [self._fit_prompt(ids, params.max_new_tokens, i) for i, ids in enumerate(encoded)]
+        full = [self._encode_request(r) for r in requests]
+        encoded = [fit_prompt(ids, params.max_new_tokens, self.max_length, self.on_long, i) for i, ids in enumerate(full)]
+        results: list[Completion | None] = [None if ids is not None else Completion("", len(whole), 0, "skipped")
+                                            for whole, ids in zip(full, encoded)]
         # Longest first: a batch holds similar lengths, and an out-of-memory shows up at once.
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-        results: list[Completion | None] = [None] * len(encoded)
+        order = sorted((i for i, ids in enumerate(encoded) if ids is not None), key=lambda i: -len(encoded[i]))
         config = self._generation_config(params)
         stop_kwargs = self._stop_kwargs([s for s in params.stop if s])
         for batch_index, start in enumerate(range(0, len(order), self.batch_size)):
@@ -154,6 +160,7 @@ class TransformersEngine:
                 results[request_index] = self._finish(
                     new_tokens[row], len(encoded[request_index]), params
                 )
+                results[request_index].prompt_truncated = len(encoded[request_index]) < len(full[request_index])
         return results  # type: ignore[return-value]
 
     def _generation_inputs(self, rows: list[list[int]]):
@@ -183,18 +190,6 @@ class TransformersEngine:
         ids = torch.cat([prefix.expand(len(rows), -1), suffix_ids], dim=1)
         mask = torch.cat([suffix_mask.new_ones((len(rows), shared)), suffix_mask], dim=1)
         return ids, mask, {self._cache_argument: cache}
-
-    def _fit_prompt(self, ids: list[int], max_new_tokens: int, index: int) -> list[int]:
-        if self.max_length is None or len(ids) + max_new_tokens <= self.max_length:
-            return ids
-        keep = self.max_length - max_new_tokens
-        if keep < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt (max_length {self.max_length})")
-        log.warning(
-            "request %d has %d prompt tokens; keeping the last %d so the prompt plus %d new tokens fit max_length %d",
-            index, len(ids), keep, max_new_tokens, self.max_length,
-        )
-        return ids[-keep:]
 
     def _generation_config(self, params: GenerationParams):
         from transformers import GenerationConfig

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .base import Completion, GenerationParams, Message, Request
+from .base import Completion, GenerationParams, Message, Request, check_on_long, fit_prompt
 from .embedded import resolve_model
 from .transformers_engine import encode_context, encode_continuation
 
@@ -42,6 +42,7 @@ class VLLMEngine:
         max_logprobs: int = 20,
         trust_remote_code: bool = False,
         progress: bool = True,
+        on_long: str = "truncate",
         **llm_options,
     ):
         try:
@@ -52,6 +53,7 @@ class VLLMEngine:
         self.model_id = model
         self.max_logprobs = max_logprobs
         self.progress = progress
+        self.on_long = check_on_long(on_long)  # as the transformers engine: truncate, skip or error
         self.llm = vllm.LLM(
             model=resolve_model(model),
             dtype=dtype,
@@ -65,6 +67,8 @@ class VLLMEngine:
             **llm_options,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        self.max_length = getattr(config, "max_model_len", None) or max_model_len
 
     # ------------------------------------------------------------------ rendering and tokenizing
 
@@ -87,7 +91,11 @@ class VLLMEngine:
     def generate(self, requests: Sequence[Request], params: GenerationParams) -> list[Completion]:
         if params.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {params.max_new_tokens}")
-        encoded = [self._encode_request(r) for r in requests]
+        full = [self._encode_request(r) for r in requests]
+        # A prompt that leaves no room for max_new_tokens is cut, skipped or refused as in the
+        # transformers engine (vLLM itself refuses a prompt longer than max_model_len).
+        encoded = [fit_prompt(ids, params.max_new_tokens, self.max_length, self.on_long, i) for i, ids in enumerate(full)]
+        kept = [i for i, ids in enumerate(encoded) if ids is not None]
         # One seed per request (seed + index): reproducible whatever vLLM batches together, and
         # repeated prompts (pair sampling) still get different samples.
         sampling = [
@@ -99,19 +107,18 @@ class VLLMEngine:
                 stop=list(params.stop) or None,
                 seed=None if params.seed is None else params.seed + i,
             )
-            for i in range(len(encoded))
+            for i in kept
         ]
-        outputs = self._run(encoded, sampling)  # vLLM returns outputs in prompt order
-        completions = []
-        for ids, out in zip(encoded, outputs):
+        outputs = self._run([encoded[i] for i in kept], sampling) if kept else []  # in prompt order
+        completions = [Completion("", len(ids), 0, "skipped") for ids in full]
+        for i, out in zip(kept, outputs):
             sample = out.outputs[0]
-            completions.append(
-                Completion(
-                    text=sample.text,
-                    prompt_tokens=len(ids),
-                    completion_tokens=len(sample.token_ids),
-                    finish_reason="length" if sample.finish_reason == "length" else "stop",
-                )
+            completions[i] = Completion(
+                text=sample.text,
+                prompt_tokens=len(encoded[i]),
+                completion_tokens=len(sample.token_ids),
+                finish_reason="length" if sample.finish_reason == "length" else "stop",
+                prompt_truncated=len(encoded[i]) < len(full[i]),
             )
         return completions
 
