@@ -85,8 +85,8 @@ def main() -> None:
 
     import torch
 
-    from generators.engines.base import GenerationParams
-    from generators.engines.transformers_engine import TransformersEngine
+    from engines.base import GenerationParams
+    from engines.transformers_engine import TransformersEngine
 
     engine = TransformersEngine(args.model, batch_size=args.batch_size, device=args.device)
     chats = [[{"role": "user", "content": p}] for p in load_prompts(args.prompts)]

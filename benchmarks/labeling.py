@@ -71,7 +71,7 @@ def main() -> None:
     import torch
 
     from constitution.loader import resolve_constitution
-    from generators.engines.transformers_engine import TransformersEngine
+    from engines.transformers_engine import TransformersEngine
     from labelers.evaluate import evaluate_labeler, format_summary, load_gold
     from labelers.inputs import load_comparisons
     from labelers.preference import label_preferences

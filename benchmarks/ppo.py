@@ -62,7 +62,8 @@ class LengthReward:
 
 
 def run(algo: str, args, prompts_path: Path, out: Path) -> dict:
-    from trainers.common import load_config, read_metrics
+    from trainers.config import load_config
+    from trainers.metrics import read_metrics
     from trainers.ppo import PPOConfig, train_ppo
 
     k = 2 if algo == "rloo" else 1
@@ -113,7 +114,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from generators.engines.embedded import resolve_model
+    from engines.embedded import resolve_model
 
     args.model = resolve_model(args.model)
     print(f"model {args.model}; torch {torch.__version__}, {torch.get_num_threads()} threads, "

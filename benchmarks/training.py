@@ -137,7 +137,7 @@ def common_options(spec: dict, out: Path) -> dict:
 
 
 def step_times_from_metrics(out: Path) -> list[float]:
-    from trainers.common import read_metrics
+    from trainers.metrics import read_metrics
 
     return [m["tokens"] / m["tokens_per_s"] for m in read_metrics(out) if "tokens_per_s" in m]
 
@@ -219,7 +219,7 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from generators.engines.embedded import resolve_model
+    from engines.embedded import resolve_model
 
     sys.path.insert(0, str(REPO_ROOT))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from .engines import ENGINE_OPT_HELP, EngineCapabilityError
+from engines import ENGINE_OPT_HELP, EngineCapabilityError
 
 generate_app = typer.Typer(
     help="Generate datasets: SL-CAI critique/revision records, or N sampled responses per prompt for AI labeling.",
@@ -53,7 +53,7 @@ def _read_prompts(path: Path, limit: int | None, skip_bad_lines: bool, rejects: 
 def _precheck_run_dir(out: Path, kind: str, identity: dict, overwrite: bool) -> None:
     """Refuse a foreign folder, a mismatching or damaged run directory, or a run in progress BEFORE
     loading a model (which can take a minute); creates, writes and locks nothing."""
-    from .rundir import RunDir, RunDirError
+    from jobs.rundir import RunDir, RunDirError
 
     try:
         RunDir.check(out, identity, kind=kind, overwrite=overwrite)
@@ -64,7 +64,7 @@ def _precheck_run_dir(out: Path, kind: str, identity: dict, overwrite: bool) -> 
 def _load_engine(engine: str, model: str, *, batch_size: int, base_url: str | None, device: str | None, dtype: str | None,
                  trust_remote_code: bool, engine_opt: list[str] | None = None, on_long: str | None = None):
     """Build the engine, passing each option only to back ends that take it."""
-    from .engines import ENGINES, engine_options, load_engine
+    from engines import ENGINES, engine_options, load_engine
 
     if engine not in ENGINES:
         raise _fail(f"unknown --engine {engine!r}; choose one of: {', '.join(sorted(ENGINES))}")
@@ -82,7 +82,7 @@ def _load_engine(engine: str, model: str, *, batch_size: int, base_url: str | No
 
 
 def _params(max_new_tokens: int, temperature: float, top_p: float, seed: int):
-    from .engines.base import GenerationParams
+    from engines.base import GenerationParams
 
     if max_new_tokens < 1:
         raise _fail(f"--max-new-tokens must be ≥ 1, got {max_new_tokens}")
@@ -159,7 +159,7 @@ def sl_cai_command(
 
     from .critique_revision import RUN_KIND, run_sl_cai, sl_cai_identity
     from .exports import ExportError, export_sl_cai
-    from .rundir import RunDirError
+    from jobs.rundir import RunDirError
 
     try:
         cons = resolve_constitution(constitution)
@@ -238,7 +238,7 @@ def pairs_command(
     from .exports import ExportError, export_pairs
     from .pairs import RUN_KIND, run_pairs
     from .critique_revision import sampling_identity
-    from .rundir import RunDirError
+    from jobs.rundir import RunDirError
 
     if n < 2:
         raise _fail(f"--n must be ≥ 2 (a pair needs two responses), got {n}")

@@ -38,9 +38,9 @@ from typing import Sequence
 
 from constitution.schema import Constitution, CritiqueRevisionPrinciple
 
-from .engines.base import Engine, GenerationParams, PromptTooLongError
+from engines.base import Engine, GenerationParams, PromptTooLongError
 from .inputs import PromptItem
-from .rundir import RunDir, stable_id
+from jobs.rundir import RunDir, stable_id
 
 RUN_KIND = "sl-cai"
 SKIPPED = "skipped.jsonl"  # prompts left out for being too long (engine option on_long="skip")
@@ -229,7 +229,7 @@ def run_sl_cai(
     saved; an interrupted run loses at most the chunk in progress. ``few_shot`` uses only the first
     N few-shot examples of the constitution (default all; each costs prompt tokens in every request
     of every stage). ``input_files`` (the file(s) the prompts were read from) are fingerprinted:
-    a resume after an edit of them is refused. Raises :class:`generators.rundir.RunDirError` when
+    a resume after an edit of them is refused. Raises :class:`jobs.rundir.RunDirError` when
     ``run_dir`` was started with other settings or inputs, or is in use by another run.
     """
     from tqdm.auto import tqdm

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .rundir import RunDir, stable_id
+from jobs.rundir import RunDir, stable_id
 
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from constitution.loader import utf8_problem
 
-from .rundir import stable_id
+from jobs.rundir import stable_id
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Sequence
 
 from .critique_revision import CHUNK_BATCHES, sampling_identity, write_skipped
-from .engines.base import Engine, GenerationParams, PromptTooLongError
+from engines.base import Engine, GenerationParams, PromptTooLongError
 from .inputs import PromptItem
-from .rundir import RunDir, stable_id
+from jobs.rundir import RunDir, stable_id
 
 RUN_KIND = "pairs"
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from constitution.schema import Constitution
-from generators.engines.base import normalize_logprobs
-from generators.rundir import RunDir
+from engines.base import normalize_logprobs
+from jobs.rundir import RunDir
 
 from .inputs import Single, load_singles
 from .preference import draw_principles, require_scoring, template_identity

@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from generators.engines import ENGINE_OPT_HELP
+from engines import ENGINE_OPT_HELP
 
 app = typer.Typer(
     help="AI feedback: preference labels from option log-probs (both orders averaged), binary KTO labels, "
@@ -38,8 +38,8 @@ def _fail(message: str) -> typer.Exit:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from constitution.loader import ConstitutionError
     from constitution.templating import TemplateRenderError
-    from generators.engines.base import EngineCapabilityError
-    from generators.rundir import RunDirError
+    from engines.base import EngineCapabilityError
+    from jobs.rundir import RunDirError
 
     from .inputs import InputError
 
@@ -49,7 +49,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 def _load_engine(engine: str, model: str, base_url: Optional[str], tokenizer: Optional[str], batch_size: int,
                  device: Optional[str], engine_opt: Optional[list[str]] = None):
-    from generators.engines import engine_options, load_engine
+    from engines import engine_options, load_engine
 
     try:
         options = engine_options(engine, {"base_url": base_url, "tokenizer": tokenizer, "batch_size": batch_size, "device": device},

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Sequence
 
 from constitution.schema import Constitution
-from generators.engines.base import normalize_logprobs
-from generators.rundir import stable_id
+from engines.base import normalize_logprobs
+from jobs.rundir import stable_id
 
 from .inputs import InputError, as_messages, as_response, read_jsonl
 from .preference import comparison_context, draw_principles, few_shot_examples, require_scoring

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from constitution.loader import utf8_problem
-from generators.rundir import stable_id
+from jobs.rundir import stable_id
 
 
 class InputError(ValueError):

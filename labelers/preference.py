@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Sequence
 
 from constitution.schema import Constitution, FeedbackPrinciple
-from generators.engines.base import EngineCapabilityError, GenerationParams, normalize_logprobs
-from generators.rundir import RunDir, stable_id
+from engines.base import EngineCapabilityError, GenerationParams, normalize_logprobs
+from jobs.rundir import RunDir, stable_id
 
 from .inputs import Comparison, load_comparisons
 from .prompts import TemplateSpec, conversation_text, render_context, template_spec, template_text

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Sequence
 
 from constitution.schema import Constitution
-from generators.engines.base import normalize_logprobs
-from generators.rundir import RunDir
+from engines.base import normalize_logprobs
+from jobs.rundir import RunDir
 
 from .binary import Standard, check_renders, single_context, single_identity, standard_for
 from .inputs import Single, as_messages, load_singles

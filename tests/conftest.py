@@ -63,6 +63,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The embedded SmolLM2-135M, converted once to the safetensors cache. Use only in @pytest.mark.slow tests."""
-    from generators.engines.embedded import resolve_model
+    from engines.embedded import resolve_model
 
     return Path(resolve_model("smollm2-135m"))

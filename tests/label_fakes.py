@@ -6,7 +6,7 @@ import math
 import re
 
 from constitution.schema import Constitution, FeedbackPrinciple, LabelingExample
-from generators.engines.base import Completion
+from engines.base import Completion
 
 
 class FakeEngine:

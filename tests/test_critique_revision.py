@@ -9,9 +9,9 @@ import pytest
 
 from constitution.schema import Constitution, CritiqueRevisionPrinciple, FewShotExample
 from generators.critique_revision import conversation_prefix, draw_principle, run_sl_cai
-from generators.engines.base import Completion, GenerationParams
+from engines.base import Completion, GenerationParams
 from generators.inputs import PromptItem
-from generators.rundir import RunDirError
+from jobs.rundir import RunDirError
 
 
 class FakeEngine:

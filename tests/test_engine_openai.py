@@ -18,8 +18,8 @@ import httpx
 import pytest
 from fake_openai_server import FakeOpenAIServer, Reply, fake_openai_server  # noqa: F401
 
-from generators.engines import EngineCapabilityError, GenerationParams, load_engine
-from generators.engines.openai_engine import (
+from engines import EngineCapabilityError, GenerationParams, load_engine
+from engines.openai_engine import (
     OpenAIEngine,
     OpenAIServerError,
     _retry_after,

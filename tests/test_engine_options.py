@@ -7,7 +7,7 @@ from fake_openai_server import FakeOpenAIServer, Reply
 from typer.testing import CliRunner
 
 from cai_cli import app
-from generators.engines import engine_options
+from engines import engine_options
 
 
 def test_values_are_json_when_they_parse_and_text_otherwise():

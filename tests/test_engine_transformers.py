@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from generators.engines import GenerationParams, load_engine
-from generators.engines.base import Engine
+from engines import GenerationParams, load_engine
+from engines.base import Engine
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +253,7 @@ def test_generate_shares_a_long_common_prefix(engine, monkeypatch):
     """Greedy generation of chats that share a long system + few-shot start: the shared start runs
     once at batch 1, no forward re-runs a whole prompt, and every row's tokens are exactly those of
     the plain path (sharing forced off) and of one-prompt-at-a-time unpadded decoding."""
-    from generators.engines import transformers_engine
+    from engines import transformers_engine
 
     chats = [SHARED_CHAT_START + [{"role": "user", "content": s}] for s in SUFFIXES]
     ids = [engine.tokenizer(engine.render_chat(c)).input_ids for c in chats]
@@ -287,7 +287,7 @@ def test_generate_shares_a_long_common_prefix(engine, monkeypatch):
 
 
 def test_generate_seeded_sampling_is_the_same_with_a_shared_prefix(engine, monkeypatch):
-    from generators.engines import transformers_engine
+    from engines import transformers_engine
 
     chats = [SHARED_CHAT_START + [{"role": "user", "content": s}] for s in SUFFIXES]
     params = GenerationParams(max_new_tokens=8, temperature=1.0, top_p=0.95, seed=3)

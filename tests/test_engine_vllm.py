@@ -10,8 +10,8 @@ import types
 
 import pytest
 
-from generators.engines import GenerationParams, load_engine
-from generators.engines.base import Engine
+from engines import GenerationParams, load_engine
+from engines.base import Engine
 
 TOP_K_IDS = 300  # the stand-in's "top-k" next tokens are ids 0..299, whatever the context
 

@@ -8,7 +8,7 @@ import datasets
 import pytest
 
 from generators.critique_revision import run_sl_cai
-from generators.engines.base import GenerationParams
+from engines.base import GenerationParams
 from generators.exports import ExportError, export_pairs, export_run, export_sl_cai, sl_cai_rows
 from generators.inputs import PromptItem
 from generators.pairs import run_pairs

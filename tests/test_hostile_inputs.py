@@ -242,7 +242,7 @@ def test_training_config_refuses_yaml_aliases_fast(tmp_path):
     """A "billion laughs" training config used to expand (and print) before any check."""
     import time
 
-    from trainers.common import ConfigError, load_config
+    from trainers.config import ConfigError, load_config
     from trainers.sft import SFTConfig
 
     levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"] + [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from generators.inputs import PromptFileError, parse_hh_transcript, read_prompts
-from generators.rundir import stable_id
+from jobs.rundir import stable_id
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -139,7 +139,7 @@ def test_preference_cli_on_a_tiny_model(tmp_path, tiny_model_dir):
 def test_preference_and_eval_through_the_openai_engine(tmp_path):
     from fake_openai_server import FakeOpenAIServer
 
-    from generators.engines.openai_engine import OpenAIEngine
+    from engines.openai_engine import OpenAIEngine
     from labelers.preference import label_preferences
 
     def token_logprob(prefix: str, token: str) -> float:  # the toy server's model likes "A" after "("
@@ -168,8 +168,8 @@ def load_comparisons_from_gold():
 def test_openai_engine_without_prompt_logprobs_fails_clearly(tmp_path):
     from fake_openai_server import FakeOpenAIServer
 
-    from generators.engines.base import EngineCapabilityError
-    from generators.engines.openai_engine import OpenAIEngine
+    from engines.base import EngineCapabilityError
+    from engines.openai_engine import OpenAIEngine
 
     with FakeOpenAIServer(supports_echo=False) as server:
         engine = OpenAIEngine("toy", base_url=server.base_url, max_retries=0)
@@ -181,7 +181,7 @@ def test_openai_engine_without_prompt_logprobs_fails_clearly(tmp_path):
 def test_embedded_model_beats_chance_on_the_mc_sample_once_both_orders_are_averaged(embedded_model_dir):
     """Smoke test on the real SmolLM2-135M (measured: raw 60 %, swapped 40 %, both orders 100 %): a
     strong position bias, removed by averaging the orders."""
-    from generators.engines.transformers_engine import TransformersEngine
+    from engines.transformers_engine import TransformersEngine
 
     rows, m = evaluate_labeler(TransformersEngine(str(embedded_model_dir)), load_gold(MC_SAMPLE), progress=False)
     assert len(rows) == 5 and m["agreement_avg"] >= 0.6

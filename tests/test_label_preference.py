@@ -9,8 +9,8 @@ import math
 import pytest
 from label_fakes import LOG, FakeEngine, constitution, listed, rig_tiny_model, table_engine
 
-from generators.engines.base import EngineCapabilityError
-from generators.rundir import RunDirError
+from engines.base import EngineCapabilityError
+from jobs.rundir import RunDirError
 from labelers.inputs import Comparison, load_comparisons
 from labelers.preference import combine_orders, draw_principles, first_option_probability, label_preferences
 
@@ -176,7 +176,7 @@ def test_engine_without_logprobs_fails_clearly(tmp_path):
 
 @pytest.mark.parametrize("template", ["cai_mc", "chat"])
 def test_rigged_tiny_model_prefers_a_and_flips_are_counted(tmp_path, tiny_model_dir, template):
-    from generators.engines.transformers_engine import TransformersEngine
+    from engines.transformers_engine import TransformersEngine
 
     engine = TransformersEngine(str(rig_tiny_model(tiny_model_dir, tmp_path / "rigged", "A")), batch_size=8)
     pairs = [comparison(a=f"answer {i}", b=f"other {i}", cid=f"c{i}") for i in range(3)]

@@ -54,7 +54,7 @@ def test_singles_from_a_pair_run(tmp_path):
 
 
 def test_binary_on_rigged_tiny_model(tmp_path, tiny_model_dir):
-    from generators.engines.transformers_engine import TransformersEngine
+    from engines.transformers_engine import TransformersEngine
 
     engine = TransformersEngine(str(rig_tiny_model(tiny_model_dir, tmp_path / "rigged", " Yes")))
     inputs = tmp_path / "in.jsonl"
@@ -80,7 +80,7 @@ def test_score_ratings_on_a_real_tokenizer(tmp_path, tiny_model_dir):
     P(" 1") − P(" 10"); ratings 2..10 are the engine's summed log-probs of " 2" … " 10"."""
     import math
 
-    from generators.engines.transformers_engine import TransformersEngine
+    from engines.transformers_engine import TransformersEngine
     from labelers.score import RATING_OPTIONS
 
     engine = TransformersEngine(str(tiny_model_dir))

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from generators.engines.base import GenerationParams
+from engines.base import GenerationParams
 from generators.pairs import pair_id, run_pairs
-from generators.rundir import RunDirError
+from jobs.rundir import RunDirError
 from test_critique_revision import FakeEngine, make_prompts
 
 PARAMS = GenerationParams(max_new_tokens=8, temperature=1.0)

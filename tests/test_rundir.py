@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from generators.rundir import RunDir, RunDirError, stable_id
+from jobs.rundir import RunDir, RunDirError, stable_id
 
 
 def test_stable_id_is_deterministic_and_input_derived():

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cai_cli import app
 from generators.exports import export_pairs, export_sl_cai
 from generators.pairs import run_pairs
-from generators.rundir import RunDir, RunDirError
+from jobs.rundir import RunDir, RunDirError
 from labelers.exports import export_kto, export_preferences, export_scores
 from test_critique_revision import PARAMS, FakeEngine, make_prompts
 
@@ -148,7 +148,7 @@ def test_a_second_run_on_the_same_folder_is_refused_naming_the_holder(tmp_path):
 def test_the_lock_holds_against_another_process(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
-        from generators.rundir import RunDir
+        from jobs.rundir import RunDir
         rd = RunDir({str(tmp_path / "r")!r}, {{"model": "m"}})
         print("locked", flush=True)
         sys.stdin.read()

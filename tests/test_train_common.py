@@ -1,4 +1,4 @@
-"""trainers/common.py and trainers/data.py: configs, data loading and validation, masks, the step
+"""trainers/config.py, models.py, plan.py, checkpoint.py and data.py: configs, data loading and validation, masks, the step
 plan, checkpoints and the metrics file."""
 
 from __future__ import annotations
@@ -8,15 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from trainers.common import (
-    ConfigError,
-    TrainConfig,
-    latest_checkpoint,
-    load_config,
-    MetricsLogger,
-    plan_steps,
-    read_metrics,
-)
+from trainers.checkpoint import latest_checkpoint
+from trainers.config import ConfigError, TrainConfig, load_config
+from trainers.metrics import MetricsLogger, read_metrics
+from trainers.plan import plan_steps
 from trainers.data import (
     DataError,
     LengthReport,
@@ -195,8 +190,8 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_rng(tmp_path, tiny
     import numpy as np
     import torch
 
-    from trainers.common import (load_checkpoint, load_model_and_tokenizer, make_accelerator,
-                                 make_optimizer_and_scheduler, save_checkpoint)
+    from trainers.checkpoint import load_checkpoint, save_checkpoint
+    from trainers.models import load_model_and_tokenizer, make_accelerator, make_optimizer_and_scheduler
 
     config = load_config(TrainConfig, None, data=["d"], model=str(tiny_model_dir), out=str(tmp_path), lr=1e-2, keep_checkpoints=1)
     plan = plan_steps(4, config)

@@ -97,7 +97,7 @@ def hard_label_run(tmp_path_factory, tiny_model_dir):
 
 
 def test_dpo_raises_margin_on_training_pairs(hard_label_run):
-    from trainers.common import read_metrics
+    from trainers.metrics import read_metrics
 
     tmp, summary, _ = hard_label_run
     train_metrics = [m for m in read_metrics(tmp / "out") if "loss" in m]
@@ -144,7 +144,7 @@ def test_precomputed_reference_equals_live_reference(tmp_path, tiny_model_dir):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainers.common import read_metrics
+    from trainers.metrics import read_metrics
     from trainers.dpo import train_dpo
 
     rows = preference_rows(16, seed=3)
@@ -191,7 +191,7 @@ def test_ref_model_option_uses_that_model_as_reference(tmp_path, tiny_model_dir)
 
 def test_lora_live_reference_is_the_adapter_free_policy(tmp_path, tiny_model_dir):
     """With LoRA and no --ref-model, live mode switches the adapter off instead of loading a copy."""
-    from trainers.common import read_metrics
+    from trainers.metrics import read_metrics
     from trainers.dpo import train_dpo
 
     train = write_jsonl(tmp_path / "train.jsonl", preference_rows(16, seed=4))
@@ -208,7 +208,7 @@ def test_lora_live_reference_is_the_adapter_free_policy(tmp_path, tiny_model_dir
 
 
 def test_resume_after_kill_continues_the_same_loss_curve(tmp_path, tiny_model_dir):
-    from trainers.common import read_metrics
+    from trainers.metrics import read_metrics
     from trainers.dpo import train_dpo
 
     train = write_jsonl(tmp_path / "train.jsonl", preference_rows(24, seed=5))

@@ -71,7 +71,7 @@ def test_balance_equalises_the_classes_total_weight():
 def test_kto_raises_desirable_likelihood_relative_to_undesirable(tmp_path, tiny_model_dir):
     from safetensors.torch import load_file
 
-    from trainers.common import read_metrics
+    from trainers.metrics import read_metrics
     from trainers.kto import train_kto
 
     train = write_jsonl(tmp_path / "train.jsonl", kto_rows(32, seed=0, desirable_share=0.25))
@@ -95,7 +95,7 @@ def test_kto_raises_desirable_likelihood_relative_to_undesirable(tmp_path, tiny_
 
 
 def test_kto_precomputed_reference_matches_live_reference(tmp_path, tiny_model_dir):
-    from trainers.common import read_metrics
+    from trainers.metrics import read_metrics
     from trainers.kto import train_kto
 
     train = write_jsonl(tmp_path / "train.jsonl", kto_rows(16, seed=2))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from trainers.common import load_config, read_metrics
+from trainers.config import load_config
+from trainers.metrics import read_metrics
 from trainers.preference_model import PMConfig, expected_calibration_error, train_preference_model
 
 CAI = Path(sys.executable).parent / "cai"

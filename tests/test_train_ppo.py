@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainers.common import load_config, read_metrics
+from trainers.config import load_config
+from trainers.metrics import read_metrics
 from trainers.ppo import PPOConfig, train_ppo
 
 WORDS = [" cat", " dog", " sun", " tree", " blue", " red", " house", " road"]
@@ -368,7 +369,7 @@ def test_rollout_logprobs_match_a_plain_forward(policy_dir):
 
 
 def test_reward_specs_fail_clearly(tmp_path, prompts_file, policy_dir):
-    from trainers.common import ConfigError
+    from trainers.config import ConfigError
     from trainers.rewards import RewardSpecError, load_reward
 
     with pytest.raises(RewardSpecError, match="cannot import module"):
@@ -453,7 +454,7 @@ def dropout_policy(path: Path) -> Path:
 
 
 def test_disable_dropout_zeroes_modules_lora_and_attention_rates(tmp_path):
-    from trainers.common import disable_dropout, load_model_and_tokenizer
+    from trainers.models import disable_dropout, load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer(str(dropout_policy(tmp_path)), lora_r=4, lora_dropout=0.5)
     rates = lambda: [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] + [  # noqa: E731

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from trainers.common import load_config, read_metrics
+from trainers.config import load_config
+from trainers.metrics import read_metrics
 from trainers.sft import SFTConfig, collate, forward_loss, pack_examples, train_sft
 
 CAI = Path(sys.executable).parent / "cai"
@@ -57,7 +58,7 @@ def test_loss_ignores_everything_but_assistant_tokens(tmp_path, tiny_model_dir):
     system prompt, user turn and role headers are -100 and contribute nothing to the loss."""
     from transformers import AutoTokenizer
 
-    from trainers.common import load_model_and_tokenizer
+    from trainers.models import load_model_and_tokenizer
     from trainers.data import LengthReport
     from trainers.sft import tokenize_sft_rows
 
@@ -77,7 +78,7 @@ def test_packing_keeps_examples_apart(tiny_model_dir):
     same examples run one by one; naive concatenation (attention across examples) differs."""
     import torch
 
-    from trainers.common import load_model_and_tokenizer
+    from trainers.models import load_model_and_tokenizer
     from trainers.data import LengthReport
     from trainers.sft import tokenize_sft_rows
 
@@ -201,7 +202,8 @@ def test_resume_compares_resolved_paths_and_fingerprints_the_data(tmp_path, tiny
     fingerprints existed still resumes."""
     import json as _json
 
-    from trainers.common import ConfigError, latest_checkpoint
+    from trainers.checkpoint import latest_checkpoint
+    from trainers.config import ConfigError
 
     monkeypatch.chdir(tmp_path)
     write_jsonl(tmp_path / "train.jsonl", sft_rows(8))

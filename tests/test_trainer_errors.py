@@ -90,7 +90,7 @@ def test_non_utf8_data_names_file_and_line(tmp_path, tiny_model_dir):
 
 
 def test_non_utf8_config_file(tmp_path):
-    from trainers.common import ConfigError, load_config
+    from trainers.config import ConfigError, load_config
     from trainers.sft import SFTConfig
 
     (tmp_path / "c.yaml").write_bytes(b"lr: 1\n# caf\xe9\n")
@@ -99,7 +99,7 @@ def test_non_utf8_config_file(tmp_path):
 
 
 def test_resolve_model_tells_a_missing_folder_from_a_hub_id(tmp_path, monkeypatch):
-    from generators.engines.embedded import ModelNotFoundError, looks_like_path, resolve_model
+    from engines.embedded import ModelNotFoundError, looks_like_path, resolve_model
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,23 @@
+"""Trainers: one file per method, written out top to bottom (no base class), calling small helpers split
+by concern — ``config`` (options, YAML), ``models`` (loading, LoRA, dropout, accelerator, optimizer),
+``plan`` (which rows each step reads), ``metrics`` (metrics.jsonl, progress), ``checkpoint`` (exact
+resume, final model), ``data`` (rows and tokenization) and ``losses`` (pure functions).
+
+A trainer's life, top to bottom (see trainers/sft.py for the full example)::
+
+    set_seed(config.seed)
+    model, tokenizer = load_model_and_tokenizer(config.model, **model_options(config))
+    accelerator = make_accelerator(config)
+    plan = plan_steps(len(train_rows), config)                     # steps per epoch, total steps
+    optimizer, scheduler = make_optimizer_and_scheduler(model, config, plan.total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    start = 0
+    if (ckpt := resume_checkpoint(config)) is not None:
+        start = load_checkpoint(ckpt, accelerator, model, optimizer, scheduler, config, plan)["step"]
+    logger = MetricsLogger(config.out, config, resume_step=start)
+    for step in range(start, plan.total_steps):
+        ... forward / accelerator.backward / clip / optimizer.step / scheduler.step / zero_grad ...
+        logger.log(step + 1, {...})
+        if (step + 1) % config.save_every == 0: save_checkpoint(config.out, step + 1, ...)
+    save_final_model(config.out, accelerator, model, tokenizer)
+"""

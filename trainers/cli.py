@@ -62,7 +62,7 @@ COMMANDS: list[tuple[str, type, str, str]] = [
 def config_command(config_cls: type, target: str) -> Callable[..., None]:
     """A Typer command function whose options are ``config_cls``'s fields, plus ``--config FILE`` and
     ``--no-resume``. It builds the config with ``load_config`` and calls ``target`` ("module:func")."""
-    from trainers.common import ConfigError, load_config
+    from trainers.config import ConfigError, load_config
     from trainers.data import DataError
 
     hints = typing.get_type_hints(config_cls)

@@ -25,25 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from trainers.common import (
-    ConfigError,
-    MetricsLogger,
-    TrainConfig,
-    config_to_dict,
-    disable_dropout,
-    load_checkpoint,
-    load_model_and_tokenizer,
-    make_accelerator,
-    make_optimizer_and_scheduler,
-    model_options,
-    opt,
-    plan_steps,
-    progress_bar,
-    resume_checkpoint,
-    save_checkpoint,
-    save_final_model,
-    set_seed,
-)
+from trainers.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint, save_final_model
+from trainers.config import ConfigError, TrainConfig, config_to_dict, opt
+from trainers.metrics import MetricsLogger, progress_bar
+from trainers.models import disable_dropout, load_model_and_tokenizer, make_accelerator, make_optimizer_and_scheduler, model_options, set_seed
+from trainers.plan import plan_steps
 from trainers.data import LengthReport, pad_right, tokenize_messages, train_and_eval_rows
 
 
@@ -160,7 +146,7 @@ def sequences_fingerprint(reference: str, sequences: list[tuple[list[int], list[
 def model_identity(name: str) -> str:
     """The model's name plus the size and modification time of its weight files (a local folder): a
     model folder overwritten with other weights must not reuse reference numbers cached for the old."""
-    from generators.engines.embedded import resolve_model
+    from engines.embedded import resolve_model
 
     try:
         folder = Path(resolve_model(name))

@@ -27,11 +27,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainers.common import (
-    ConfigError, StepPlan, disable_dropout, load_checkpoint, load_config, load_model_and_tokenizer, make_accelerator,
-    make_optimizer_and_scheduler, model_options, opt, progress_bar, read_metrics, resume_checkpoint,
-    save_checkpoint, save_final_model, set_seed, MetricsLogger,
-)
+from trainers.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint, save_final_model
+from trainers.config import ConfigError, load_config, opt
+from trainers.metrics import MetricsLogger, progress_bar, read_metrics
+from trainers.models import disable_dropout, load_model_and_tokenizer, make_accelerator, make_optimizer_and_scheduler, model_options, set_seed
+from trainers.plan import StepPlan
 
 SAMPLES_FILE = "samples.jsonl"
 PLOT_FILE = "ppo_curves.png"
@@ -224,7 +224,7 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
         if config.separate_value_model:
             from transformers import AutoModel
 
-            from generators.engines.embedded import resolve_model
+            from engines.embedded import resolve_model
 
             value_backbone = AutoModel.from_pretrained(resolve_model(config.model), use_safetensors=True,
                                                        trust_remote_code=config.trust_remote_code)

@@ -47,7 +47,8 @@ class PreferenceModelReward:
     def __init__(self, path: str, *, device: str | torch.device = "cpu", batch_size: int = 16, trust_remote_code: bool = False):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from trainers.common import ConfigError, model_source
+        from trainers.config import ConfigError
+        from trainers.models import model_source
 
         self.name = f"pm:{path}"
         try:  # safetensors only, like every model the trainers load
@@ -93,7 +94,7 @@ class AIScoreReward:
             from labelers.score import score_responses
         except ImportError as e:
             raise RewardSpecError(f"--reward ai:{model} needs labelers.score.score_responses, which is not available ({e})") from None
-        from generators.engines import load_engine
+        from engines import load_engine
 
         self.name = f"ai:{model}"
         try:

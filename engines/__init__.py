@@ -21,9 +21,9 @@ from .base import (
 
 # name -> "module:Class"; the module is imported only when the engine is asked for.
 ENGINES: dict[str, str] = {
-    "transformers": "generators.engines.transformers_engine:TransformersEngine",
-    "openai": "generators.engines.openai_engine:OpenAIEngine",
-    "vllm": "generators.engines.vllm_engine:VLLMEngine",
+    "transformers": "engines.transformers_engine:TransformersEngine",
+    "openai": "engines.openai_engine:OpenAIEngine",
+    "vllm": "engines.vllm_engine:VLLMEngine",
 }
 
 
