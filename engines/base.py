@@ -1,7 +1,14 @@
-"""The engine protocol: the few methods every model back end implements.
+"""The engine protocol: the few methods every model back end implements (``engines.base``).
 
 Generators and labelers only talk to this protocol, never to a back end directly, so a run on a
 laptop (``transformers``), on a GPU (``vllm``) or against a server (``openai``) is the same code.
+The protocol is ``generate``, ``score_options``, ``render_chat`` and the ``can_score`` flag; the
+back ends themselves live next to this module (engines/transformers_engine.py, vllm_engine.py,
+openai_engine.py) and are loaded by name through ``engines.load_engine``.
+
+Also here: the request and result types (GenerationParams, Completion), what an engine does with a
+prompt too long for its context (``on_long``: ``fit_prompt``, PromptTooLongError), and
+``normalize_logprobs`` for turning option log-probs into probabilities.
 """
 
 from __future__ import annotations
@@ -81,32 +88,21 @@ class EngineCapabilityError(RuntimeError):
 class Engine(Protocol):
     name: str  # back-end name, e.g. "transformers"
     model_id: str  # what the user asked for, recorded on every record
-    can_score: bool  # False → score()/score_options() raise EngineCapabilityError
+    can_score: bool  # False → score_options() raises EngineCapabilityError
 
     def generate(self, requests: Sequence[Request], params: GenerationParams) -> list[Completion]:
         """Batched generation, one completion per request, in request order."""
         ...
 
-    def score(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[float]:
-        """Summed log-probability of each continuation's tokens given its context (raw text)."""
-        ...
-
     def score_options(self, contexts: Sequence[str], options: Sequence[str]) -> list[list[float]]:
-        """For each context, the summed log-probability of every option (same options for all)."""
+        """For each context (raw text), the summed log-probability of every option's tokens after it
+        (the same options for all): the labelers' one scoring primitive, which lets a back end encode a
+        context once for all its options and a batch's common prefix once for all its contexts."""
         ...
 
     def render_chat(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
         """The model's chat template applied to messages, as raw text (for scoring chats)."""
         ...
-
-
-def score_options_via_score(engine: Engine, contexts: Sequence[str], options: Sequence[str]) -> list[list[float]]:
-    """Fallback for engines with only ``score``: one scored continuation per (context, option)."""
-    flat_ctx = [c for c in contexts for _ in options]
-    flat_opt = [o for _ in contexts for o in options]
-    flat = engine.score(flat_ctx, flat_opt)
-    k = len(options)
-    return [flat[i * k : (i + 1) * k] for i in range(len(contexts))]
 
 
 def normalize_logprobs(logprobs: Sequence[float]) -> list[float]:

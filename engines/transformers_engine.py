@@ -6,10 +6,10 @@ column) and handed to ``model.generate``; completions come back in request order
 the torch generator with ``seed + batch index`` before each batch: a run is reproducible for the
 same requests, seed and batch size. When every prompt of a batch starts with the same long token
 prefix (a constitution's system prompt and few-shot exchanges), that prefix is run once and its KV
-cache handed to ``generate`` for all the batch's rows. A prompt that leaves no room for
-max_new_tokens within ``max_length`` is handled by ``on_long``: "truncate" (the default) keeps its
-last tokens and marks the completion ``prompt_truncated``, "skip" generates nothing for it (finish
-reason "skipped"), "error" raises PromptTooLongError.
+cache handed to ``generate`` for all the batch's rows (engines/prefix_cache.py). A prompt that
+leaves no room for max_new_tokens within ``max_length`` is handled by ``on_long``: "truncate" (the
+default) keeps its last tokens and marks the completion ``prompt_truncated``, "skip" generates
+nothing for it (finish reason "skipped"), "error" raises PromptTooLongError.
 
 Scoring computes the summed log-probability of continuation tokens. Contexts are left-padded so
 every row's continuation sits at the end, and ``logits_to_keep`` asks the model for the output
@@ -17,23 +17,21 @@ projection of only those last positions: the vocabulary projection is the most e
 forward for a small model with a 49k vocabulary and a long context. ``score_options`` encodes each
 context once and shares its KV cache across the options; and when every context of a batch starts
 with the same long token prefix (a labeling prompt's few-shot examples), that prefix is run once and
-its KV cache shared by the batch's rows.
+its KV cache shared by the batch's rows (engines/prefix_cache.py).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Sequence
 
 from .base import Completion, GenerationParams, Message, Request, check_on_long, fit_prompt
 from .embedded import resolve_model
+from .prefix_cache import SharedPrefix, left_pad
 
 log = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-# A batch's common token prefix shorter than this is not worth a separate forward pass.
-MIN_SHARED_PREFIX = 32
 
 
 class TransformersEngine:
@@ -85,9 +83,8 @@ class TransformersEngine:
         self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", None)
         self._stop_criteria_cache: dict[tuple[str, ...], object] = {}
         self._shares_cache = True  # score_options reuses a context's KV cache across its options
-        self._shares_prefix = True  # ... and a batch's common prefix's cache across its contexts
-        forward_parameters = inspect.signature(self.model.forward).parameters
-        self._cache_argument = "cache" if "cache" in forward_parameters else "past_key_values"
+        # ... and generate and score_options run a batch's common prefix once for all its rows
+        self._prefix = SharedPrefix(self.model, self.pad_token_id, self.device)
 
     # ------------------------------------------------------------------ rendering and tokenizing
 
@@ -115,18 +112,7 @@ class TransformersEngine:
 
     def _left_pad(self, rows: list[list[int]]):
         """(input_ids, attention_mask, position_ids) for left-padded rows, on the engine's device."""
-        import torch
-
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            if row:
-                ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-                mask[i, width - len(row) :] = 1
-        # Positions count real tokens only, so a padded row sees the same positions as unpadded.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
+        return left_pad(rows, self.pad_token_id, self.device)
 
     # ------------------------------------------------------------------ generation
 
@@ -147,7 +133,7 @@ class TransformersEngine:
             batch = order[start : start + self.batch_size]
             rows = [encoded[i] for i in batch]
             with torch.inference_mode():
-                ids, mask, prefix_kwargs = self._generation_inputs(rows)
+                ids, mask, prefix_kwargs = self._prefix.generation_inputs(rows)
                 # Seeded after the shared prefix's forward (which draws no random numbers), at the
                 # same point as without sharing, so a seeded run samples the same tokens either way.
                 if params.seed is not None and config.do_sample:
@@ -162,34 +148,6 @@ class TransformersEngine:
                 )
                 results[request_index].prompt_truncated = len(encoded[request_index]) < len(full[request_index])
         return results  # type: ignore[return-value]
-
-    def _generation_inputs(self, rows: list[list[int]]):
-        """(input_ids, attention_mask, extra generate kwargs) for one batch of prompts.
-
-        When the rows all start with the same long token prefix (a constitution's system prompt and
-        few-shot exchanges), that prefix runs once at batch 1 and its KV cache, repeated for every
-        row, is handed to generate. The ids are then [prefix | left-padded suffixes] and the mask
-        [ones | suffix padding and ones]: generate prefills only the columns after the cache, and
-        positions from the mask's cumsum skip the holes, so each row sees the positions it would see
-        unpadded. Every row keeps at least one token of its own to prefill."""
-        import torch
-
-        shared = _common_prefix_length(rows) if self._shares_prefix and len(rows) > 1 else 0
-        shared = min(shared, min(len(r) for r in rows) - 1)
-        if shared < MIN_SHARED_PREFIX:
-            ids, mask, _ = self._left_pad(rows)
-            return ids, mask, {}
-        prefix = torch.tensor([rows[0][:shared]], device=self.device)
-        cache = _cache_of(self.model(input_ids=prefix, logits_to_keep=1, use_cache=True))
-        if not _is_plain_dynamic_cache(cache):
-            log.info("not sharing a batch's common prefix: the model's cache is a %s", type(cache).__name__)
-            self._shares_prefix = False
-            return self._generation_inputs(rows)
-        cache.batch_repeat_interleave(len(rows))
-        suffix_ids, suffix_mask, _ = self._left_pad([r[shared:] for r in rows])
-        ids = torch.cat([prefix.expand(len(rows), -1), suffix_ids], dim=1)
-        mask = torch.cat([suffix_mask.new_ones((len(rows), shared)), suffix_mask], dim=1)
-        return ids, mask, {self._cache_argument: cache}
 
     def _generation_config(self, params: GenerationParams):
         from transformers import GenerationConfig
@@ -273,6 +231,8 @@ class TransformersEngine:
     # ------------------------------------------------------------------ scoring
 
     def score(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[float]:
+        """Summed log-probability of each continuation given its context (not part of the Engine
+        protocol: ``score_options`` is)."""
         if len(contexts) != len(continuations):
             raise ValueError(f"score needs one continuation per context, got {len(contexts)} and {len(continuations)}")
         pairs = [(self._encode_context(c), self._encode_continuation(x)) for c, x in zip(contexts, continuations)]
@@ -317,7 +277,7 @@ class TransformersEngine:
         once per option, and each option's tokens but the last are fed after it, right-padded; their
         logits give the rest of the option's tokens. A long labeling prompt is thus encoded once,
         not once per option, and the few-shot examples all its contexts start with once per batch
-        (see _run_contexts)."""
+        (SharedPrefix.last_logits)."""
         import torch
 
         for ctx in context_ids:
@@ -341,7 +301,7 @@ class TransformersEngine:
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             with torch.inference_mode():
-                last_logits, cache, mask = self._run_contexts([context_ids[i] for i in batch], keep_cache=tail_width > 0)
+                last_logits, cache, mask = self._prefix.last_logits([context_ids[i] for i in batch], keep_cache=tail_width > 0)
                 totals = torch.log_softmax(last_logits.float(), dim=-1)[:, first]  # (B, k)
                 if tail_width:
                     # after the repeat, row r*k + j is context r followed by option j
@@ -352,7 +312,7 @@ class TransformersEngine:
                         input_ids=tail_ids[:, :tail_width].repeat(len(batch), 1),
                         attention_mask=torch.cat([mask.repeat_interleave(k, 0), tail_mask[:, :tail_width].repeat(len(batch), 1)], dim=1),
                         position_ids=tail_positions,
-                        **{self._cache_argument: cache},
+                        **{self._prefix.cache_argument: cache},
                     ).logits
                     picked = torch.log_softmax(logits.float(), dim=-1).gather(
                         -1, tail_targets[:, :tail_width].repeat(len(batch), 1).unsqueeze(-1)
@@ -362,40 +322,6 @@ class TransformersEngine:
             for row, i in enumerate(batch):
                 results[i] = totals[row].tolist()
         return results
-
-    def _run_contexts(self, rows: list[list[int]], keep_cache: bool):
-        """One forward over a batch of contexts: (logits at each row's last token (B, vocab), the KV
-        cache if keep_cache else None, the 2D attention mask that cache was built with).
-
-        Rows are left-padded. When they all start with the same long token prefix, the prefix runs
-        once at batch 1 and its cache is repeated for every row; only the rows' own suffixes then
-        run, left-padded among themselves, so the mask is [prefix ones | suffix padding and ones]
-        and positions continue after the prefix. Every row keeps at least one token of its own, whose
-        logits are the ones kept."""
-        import torch
-
-        shared = _common_prefix_length(rows) if self._shares_prefix and len(rows) > 1 else 0
-        shared = min(shared, min(len(r) for r in rows) - 1)
-        if shared < MIN_SHARED_PREFIX:
-            ids, mask, positions = self._left_pad(rows)
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, use_cache=keep_cache)
-            return out.logits[:, -1, :], (_cache_of(out) if keep_cache else None), mask
-        prefix = torch.tensor([rows[0][:shared]], device=self.device)
-        cache = _cache_of(self.model(input_ids=prefix, logits_to_keep=1, use_cache=True))
-        if not _is_plain_dynamic_cache(cache):
-            # Sliding-window or recurrent layers would see the padding between prefix and suffix
-            # as tokens: run whole contexts instead, from now on.
-            log.info("not sharing a batch's common prefix: the model's cache is a %s", type(cache).__name__)
-            self._shares_prefix = False
-            return self._run_contexts(rows, keep_cache)
-        cache.batch_repeat_interleave(len(rows))
-        ids, suffix_mask, positions = self._left_pad([r[shared:] for r in rows])
-        mask = torch.cat([suffix_mask.new_ones((len(rows), shared)), suffix_mask], dim=1)
-        out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions + shared,
-            logits_to_keep=1, use_cache=True, **{self._cache_argument: cache},
-        )
-        return out.logits[:, -1, :], (_cache_of(out) if keep_cache else None), mask
 
     def _sum_logprobs(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
         """Σ log p(target tokens | prefix) for each (prefix ids, target ids) pair.
@@ -453,30 +379,6 @@ def encode_continuation(tokenizer, text: str) -> list[int]:
     """A continuation is tokenized on its own, without special tokens, and appended to the
     context's ids: token boundaries are then exactly the ones the score sums over."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _common_prefix_length(rows: list[list[int]]) -> int:
-    """How many leading token ids every row shares."""
-    first, n = rows[0], min(len(r) for r in rows)
-    for row in rows[1:]:
-        i = 0
-        while i < n and row[i] == first[i]:
-            i += 1
-        n = i
-    return n
-
-
-def _cache_of(out):
-    cache = getattr(out, "cache", None)  # transformers 5 names it "cache", 4.x "past_key_values"
-    return cache if cache is not None else out.past_key_values
-
-
-def _is_plain_dynamic_cache(cache) -> bool:
-    """A cache of full-attention key/value layers only, which padding holes in the mask cannot fool."""
-    from transformers.cache_utils import DynamicLayer
-
-    layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
 def _eos_ids(*candidates) -> list[int]:

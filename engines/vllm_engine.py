@@ -6,7 +6,7 @@ Prompts are tokenized here, with the same rules as the transformers engine (the 
 rendered as text, then tokenized with at most one BOS), and handed to vLLM as token ids, so both
 engines see identical prompts and a labeler gets the same scores from either.
 
-Scoring and its memory caveat: ``score`` asks vLLM for ``prompt_logprobs`` of context+continuation.
+Scoring and its memory caveat: ``score`` (not part of the Engine protocol) asks vLLM for ``prompt_logprobs`` of context+continuation.
 Prompt log-probs bypass vLLM's prefix cache, and the memory they take is not counted when vLLM sizes
 its KV cache: long contexts with a large vocabulary can run out of GPU memory. Lower
 ``gpu_memory_utilization`` if that happens. ``score_options`` avoids prompt log-probs whenever the

@@ -19,14 +19,8 @@ import pytest
 from fake_openai_server import FakeOpenAIServer, Reply, fake_openai_server  # noqa: F401
 
 from engines import EngineCapabilityError, GenerationParams, load_engine
-from engines.openai_engine import (
-    OpenAIEngine,
-    OpenAIServerError,
-    _retry_after,
-    continuation_logprob,
-    option_logprobs_from_top,
-    redact_url,
-)
+from engines.openai_client import _retry_after, redact_url
+from engines.openai_engine import OpenAIEngine, OpenAIServerError, continuation_logprob, option_logprobs_from_top
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0}
 

@@ -253,7 +253,7 @@ def test_generate_shares_a_long_common_prefix(engine, monkeypatch):
     """Greedy generation of chats that share a long system + few-shot start: the shared start runs
     once at batch 1, no forward re-runs a whole prompt, and every row's tokens are exactly those of
     the plain path (sharing forced off) and of one-prompt-at-a-time unpadded decoding."""
-    from engines import transformers_engine
+    from engines import prefix_cache
 
     chats = [SHARED_CHAT_START + [{"role": "user", "content": s}] for s in SUFFIXES]
     ids = [engine.tokenizer(engine.render_chat(c)).input_ids for c in chats]
@@ -278,7 +278,7 @@ def test_generate_shares_a_long_common_prefix(engine, monkeypatch):
         own = len(prompt) - shared
         assert prefill_positions[row, -own:].tolist() == list(range(shared, len(prompt)))
 
-    monkeypatch.setattr(transformers_engine, "MIN_SHARED_PREFIX", 10_000)
+    monkeypatch.setattr(prefix_cache, "MIN_SHARED_PREFIX", 10_000)
     plain = engine.generate(chats, params)
     for chat, completion, reference in zip(chats, got, plain):
         assert (completion.text, completion.completion_tokens) == (reference.text, reference.completion_tokens)
@@ -287,12 +287,12 @@ def test_generate_shares_a_long_common_prefix(engine, monkeypatch):
 
 
 def test_generate_seeded_sampling_is_the_same_with_a_shared_prefix(engine, monkeypatch):
-    from engines import transformers_engine
+    from engines import prefix_cache
 
     chats = [SHARED_CHAT_START + [{"role": "user", "content": s}] for s in SUFFIXES]
     params = GenerationParams(max_new_tokens=8, temperature=1.0, top_p=0.95, seed=3)
     shared = engine.generate(chats, params)
-    monkeypatch.setattr(transformers_engine, "MIN_SHARED_PREFIX", 10_000)
+    monkeypatch.setattr(prefix_cache, "MIN_SHARED_PREFIX", 10_000)
     assert [c.text for c in engine.generate(chats, params)] == [c.text for c in shared]
 
 
