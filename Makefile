@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cai-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test test-fast setup bench clean
+.PHONY: demo test test-fast lint setup bench clean
 
 setup: $(STAMP)
 
@@ -29,8 +29,12 @@ demo: $(STAMP)
 		--rounds 1 --max-new-tokens 64 --batch-size 8 \
 		--out $(DEMO_OUT) --show-example
 
-test: $(STAMP)
+# CI runs `make test`: lint first (ruff, configured in pyproject.toml), then the whole suite.
+test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"

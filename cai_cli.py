@@ -1,8 +1,9 @@
 """The ``cai`` command: a thin dispatcher over the sub-commands each package defines.
 
 Each package owns its own Typer sub-app (``constitution/cli.py``, ``generators/cli.py``,
-``labelers/cli.py``, ``trainers/cli.py``); heavy imports (torch, transformers) happen inside the
-command functions so ``cai --help`` stays instant.
+``labelers/cli.py``, ``trainers/cli.py``), its options generated from one pydantic config per command
+(``jobs/config.py``: ``--config file.yaml`` everywhere); heavy imports (torch, transformers) happen inside
+the command functions so ``cai --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import typer
 
 from constitution.cli import app as constitution_app
-from generators.cli import export_command
-from generators.cli import generate_app
+from generators.cli import export_command, generate_app
 from labelers.cli import app as label_app
 from trainers.cli import app as train_app
 

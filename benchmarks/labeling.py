@@ -27,8 +27,7 @@ def naive_label(engine, constitution, comparisons, template: str, seed: int) -> 
     """p_a per comparison, one full-logits forward per (pair, order, option), batch 1."""
     import torch
 
-    from labelers.preference import (combine_orders, comparison_context, draw_principles, few_shot_examples,
-                                     first_option_probability)
+    from labelers.preference import combine_orders, comparison_context, draw_principles, few_shot_examples, first_option_probability
     from labelers.prompts import template_spec
 
     spec = template_spec(template, "comparison")

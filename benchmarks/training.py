@@ -157,10 +157,9 @@ def run_ours_dpo(run: str, spec: dict, out: Path) -> list[float]:
 
 
 def run_trl(run: str, spec: dict, out: Path) -> list[float]:
+    import trl
     from datasets import load_dataset
     from transformers import AutoTokenizer, TrainerCallback
-
-    import trl
 
     class StepTimer(TrainerCallback):
         def __init__(self):

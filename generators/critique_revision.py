@@ -29,7 +29,6 @@ error naming the prompt.
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -37,13 +36,14 @@ from pathlib import Path
 from typing import Sequence
 
 from constitution.schema import Constitution, CritiqueRevisionPrinciple
-
 from engines.base import Engine, GenerationParams, PromptTooLongError
-from .inputs import PromptItem
 from jobs.rundir import RunDir, stable_id
+from jobs.runner import SKIPPED, BatchResult, Progress, run_job, write_skipped  # noqa: F401  (SKIPPED, write_skipped: re-exported)
+
+from .inputs import PromptItem
+from .records import SLCAIRecord
 
 RUN_KIND = "sl-cai"
-SKIPPED = "skipped.jsonl"  # prompts left out for being too long (engine option on_long="skip")
 CHUNK_BATCHES = 4  # a chunk holds this many engine batches: bigger calls, still frequent saves
 
 
@@ -183,27 +183,25 @@ def _process_chunk(constitution, chunk: list[PromptItem], engine, prefix, *, rou
 
 def _record(job: _InFlight, constitution: Constitution, engine: Engine, *, seed: int, params: GenerationParams, revision_only: bool, few_shot: int) -> dict:
     totals = {k: sum(t[k] for t in job.tokens.values()) for k in ("prompt_tokens", "completion_tokens")}
-    record = {
-        "id": job.item.id,
-        "prompt": job.item.messages,
-        "initial_response": job.initial,
-        "initial_finish_reason": job.initial_finish,
-        "rounds": job.rounds,
-        "final_revision": job.rounds[-1]["revision"] if job.rounds else job.initial,
-        "principle_ids": [r["principle_id"] for r in job.rounds],
-        "revision_only": revision_only,
-        "truncated_stages": job.truncated,
-        "few_shot": few_shot,
-        "model": engine.model_id,
-        "engine": engine.name,
+    return SLCAIRecord(
+        id=job.item.id,
+        prompt=job.item.messages,
+        initial_response=job.initial,
+        initial_finish_reason=job.initial_finish,
+        rounds=job.rounds,
+        final_revision=job.rounds[-1]["revision"] if job.rounds else job.initial,
+        principle_ids=[r["principle_id"] for r in job.rounds],
+        revision_only=revision_only,
+        truncated_stages=job.truncated,
+        few_shot=few_shot,
+        model=engine.model_id,
+        engine=engine.name,
         **constitution.stamp(),
-        "params": sampling_identity(params),
-        "seed": seed,
-        "tokens": {**job.tokens, "total": totals},
-    }
-    if job.item.meta:
-        record["meta"] = job.item.meta
-    return record
+        params=sampling_identity(params),
+        seed=seed,
+        tokens={**job.tokens, "total": totals},
+        meta=job.item.meta or None,
+    ).dump()
 
 
 def run_sl_cai(
@@ -222,6 +220,7 @@ def run_sl_cai(
     overwrite: bool = False,
     progress: bool = True,
     input_files: Sequence[str | Path] = (),
+    config: dict | None = None,
 ) -> dict:
     """Generate SL-CAI records for ``prompts`` into ``run_dir`` (resumable); returns a summary dict.
 
@@ -229,11 +228,10 @@ def run_sl_cai(
     saved; an interrupted run loses at most the chunk in progress. ``few_shot`` uses only the first
     N few-shot examples of the constitution (default all; each costs prompt tokens in every request
     of every stage). ``input_files`` (the file(s) the prompts were read from) are fingerprinted:
-    a resume after an edit of them is refused. Raises :class:`jobs.rundir.RunDirError` when
-    ``run_dir`` was started with other settings or inputs, or is in use by another run.
+    a resume after an edit of them is refused. ``config`` (the resolved command config) is saved as
+    RUN_DIR/config.yaml. Raises :class:`jobs.rundir.RunDirError` when ``run_dir`` was started with
+    other settings or inputs, or is in use by another run.
     """
-    from tqdm.auto import tqdm
-
     if rounds < 1:
         raise ValueError(f"rounds must be ≥ 1, got {rounds}")
     if not constitution.critique_revision:
@@ -243,50 +241,32 @@ def run_sl_cai(
     if few_shot is not None and few_shot < 0:
         raise ValueError(f"few_shot must be ≥ 0, got {few_shot}")
     identity = sl_cai_identity(constitution, engine, rounds=rounds, revision_only=revision_only, seed=seed, params=params, few_shot=few_shot)
-    rd = RunDir(run_dir, identity, overwrite=overwrite, kind=RUN_KIND, inputs=input_files)
-    done = rd.done_ids()
-    todo = [p for p in prompts if p.id not in done]
+    rd = RunDir(run_dir, identity, overwrite=overwrite, kind=RUN_KIND, inputs=input_files, config=config)
     prefix = conversation_prefix(constitution, revision_only=revision_only, few_shot=few_shot)
     stats = _Stats()
-    skipped: list[dict] = []
-
-    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), unit="prompt", desc="sl-cai", disable=not progress, dynamic_ncols=True)
+    bar = Progress(progress, desc="sl-cai", unit="prompt")
 
     def on_stage(stage: str) -> None:
-        bar.set_postfix_str(f"{stage} · {stats.tokens_per_s():.1f} tok/s", refresh=True)
+        bar.note(f"{stage} · {stats.tokens_per_s():.1f} tok/s")
 
-    try:
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start : start + chunk_size]
-            jobs = _process_chunk(constitution, chunk, engine, prefix, rounds=rounds, revision_only=revision_only, seed=seed, params=params, stats=stats, on_stage=on_stage)
-            skipped += [j.skipped for j in jobs if j.skipped]
-            rd.append(_record(j, constitution, engine, seed=seed, params=params, revision_only=revision_only, few_shot=identity["few_shot"]) for j in jobs if not j.skipped)
-            bar.update(len(chunk))
-            on_stage("saved")
-        rd.commit()  # an --overwrite run with nothing to do still replaces the old run (by an empty one)
-    finally:
-        bar.close()
-        rd.close()
-    write_skipped(run_dir, skipped)
+    def process(chunk: list[PromptItem]) -> BatchResult:
+        jobs = _process_chunk(constitution, chunk, engine, prefix, rounds=rounds, revision_only=revision_only, seed=seed,
+                              params=params, stats=stats, on_stage=on_stage)
+        return BatchResult([_record(j, constitution, engine, seed=seed, params=params, revision_only=revision_only,
+                                    few_shot=identity["few_shot"]) for j in jobs if not j.skipped],
+                           [j.skipped for j in jobs if j.skipped])
+
+    job = run_job(rd, prompts, process, chunk_size=chunk_size, progress=bar,
+                  status=lambda: f"saved · {stats.tokens_per_s():.1f} tok/s", skipped_file=True)
     elapsed = time.monotonic() - stats.start
     return {
         "run_dir": str(Path(run_dir)),
         "records": str(rd.records_path),
-        "prompts": len(prompts),
-        "already_done": len(prompts) - len(todo),
-        "generated": len(todo) - len(skipped),
-        "skipped": len(skipped),
+        "prompts": job.items,
+        "already_done": job.already_done,
+        "generated": job.todo - len(job.skipped),
+        "skipped": len(job.skipped),
         "seconds": round(elapsed, 2),
         "completion_tokens": stats.completion_tokens,
         "tokens_per_s": round(stats.completion_tokens / max(elapsed, 1e-9), 2),
     }
-
-
-def write_skipped(run_dir, skipped: list[dict]) -> None:
-    """List the prompts this run left out in RUN_DIR/skipped.jsonl (none: no file). They have no record,
-    so a rerun tries them again and rewrites the list."""
-    path = Path(run_dir) / SKIPPED
-    if skipped:
-        path.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in skipped), encoding="utf-8")
-    else:
-        path.unlink(missing_ok=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from constitution.loader import utf8_problem
-
+from jobs.records import MessagesError, check_messages
 from jobs.rundir import stable_id
 
 log = logging.getLogger(__name__)
@@ -92,18 +92,10 @@ def parse_hh_transcript(text: str) -> list[dict]:
 
 
 def _check_messages(messages: object) -> list[dict]:
-    if not isinstance(messages, list) or not messages:
-        raise _BadLine("expected 'messages' to be a non-empty list of {\"role\", \"content\"} objects")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise _BadLine(f"messages[{i}]: expected an object with string 'role' and 'content'")
-        if m["role"] not in ROLES:
-            raise _BadLine(f"messages[{i}].role: expected one of {', '.join(ROLES)}, got {m['role']!r}")
-        out.append({"role": m["role"], "content": m["content"]})
-    if out[-1]["role"] != "user":
-        raise _BadLine(f"expected the last message to be from the user (the turn to answer), got {out[-1]['role']!r}")
-    return out
+    try:
+        return check_messages(messages, "messages", roles=ROLES, last_role=("user", "the turn to answer"))
+    except MessagesError as e:
+        raise _BadLine(str(e)) from None
 
 
 def _parse_json_row(text: str) -> tuple[str | None, list[dict], dict]:

@@ -21,10 +21,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .critique_revision import CHUNK_BATCHES, sampling_identity, write_skipped
 from engines.base import Engine, GenerationParams, PromptTooLongError
-from .inputs import PromptItem
 from jobs.rundir import RunDir, stable_id
+from jobs.runner import BatchResult, Progress, run_job
+
+from .critique_revision import CHUNK_BATCHES, sampling_identity
+from .inputs import PromptItem
+from .records import PairRecord
 
 RUN_KIND = "pairs"
 log = logging.getLogger(__name__)
@@ -48,16 +51,16 @@ def run_pairs(
     overwrite: bool = False,
     progress: bool = True,
     input_files: Sequence[str | Path] = (),
+    config: dict | None = None,
 ) -> dict:
     """Sample ``n`` responses per prompt into ``run_dir`` (resumable); returns a summary dict.
 
     ``chunk_size`` prompts (default ``batch_size * 4 // n``, at least 1) make one engine call of
     ``chunk_size * n`` requests. ``system_prompt``, when given, is put before every prompt and
     recorded in the run identity. ``input_files`` (the file(s) the prompts were read from) are
-    fingerprinted: a resume after an edit of them is refused.
+    fingerprinted: a resume after an edit of them is refused. ``config`` (the resolved command
+    config) is saved as RUN_DIR/config.yaml.
     """
-    from tqdm.auto import tqdm
-
     if n < 2:
         raise ValueError(f"n must be ≥ 2 (a pair needs two responses), got {n}")
     params = params or GenerationParams()
@@ -65,72 +68,59 @@ def run_pairs(
         log.warning("temperature 0 is greedy decoding: the %d responses of a prompt will be identical", n)
     chunk_size = chunk_size or max(1, max(1, batch_size) * CHUNK_BATCHES // n)
     identity = {"model": engine.model_id, "engine": engine.name, "n": n, "seed": seed, "params": sampling_identity(params), "system_prompt": system_prompt}
-    rd = RunDir(run_dir, identity, overwrite=overwrite, kind=RUN_KIND, inputs=input_files)
-    done = rd.done_ids()
-    todo = [p for p in prompts if pair_id(p.id, n) not in done]
+    rd = RunDir(run_dir, identity, overwrite=overwrite, kind=RUN_KIND, inputs=input_files, config=config)
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     start_time = time.monotonic()
-    completion_tokens = 0
-    skipped: list[dict] = []
+    tokens = {"completion": 0}
+    bar = Progress(progress, desc="pairs", unit="prompt")
 
-    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), unit="prompt", desc="pairs", disable=not progress, dynamic_ncols=True)
-    try:
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start : start + chunk_size]
-            requests = [system + item.messages for item in chunk for _ in range(n)]
-            call_params = dataclasses.replace(params, seed=int(stable_id("pairs-call", seed, [p.id for p in chunk]), 16) % (2**31))
-            bar.set_postfix_str(f"sampling {len(requests)} responses", refresh=True)
-            try:
-                completions = engine.generate(requests, call_params)
-            except PromptTooLongError as e:
-                raise PromptTooLongError(f"prompt {chunk[e.index // n].id}: {e}", e.index) from None
-            if len(completions) != len(requests):
-                raise RuntimeError(f"engine {engine.name!r} returned {len(completions)} completions for {len(requests)} requests")
-            records = []
-            for i, item in enumerate(chunk):
-                mine = completions[i * n : (i + 1) * n]
-                completion_tokens += sum(c.completion_tokens for c in mine)
-                if any(c.finish_reason == "skipped" for c in mine):
-                    skipped.append({"id": item.id, "prompt_tokens": mine[0].prompt_tokens,
-                                    "reason": f"too long for the model's context with max_new_tokens={params.max_new_tokens}"})
-                    continue
-                rec = {
-                    "id": pair_id(item.id, n),
-                    "prompt_id": item.id,
-                    "messages": item.messages,
-                    "responses": [c.text.strip() for c in mine],
-                    "finish_reasons": [c.finish_reason for c in mine],
-                    "prompt_truncated": any(c.prompt_truncated for c in mine),
-                    "model": engine.model_id,
-                    "engine": engine.name,
-                    "params": sampling_identity(params),
-                    "seed": seed,
-                    "system_prompt": system_prompt,
-                    "tokens": {
-                        "prompt_tokens": sum(c.prompt_tokens for c in mine),
-                        "completion_tokens": sum(c.completion_tokens for c in mine),
-                    },
-                }
-                if item.meta:
-                    rec["meta"] = item.meta
-                records.append(rec)
-            rd.append(records)
-            bar.update(len(chunk))
-            bar.set_postfix_str(f"{completion_tokens / max(time.monotonic() - start_time, 1e-9):.1f} tok/s", refresh=True)
-        rd.commit()  # an --overwrite run with nothing to do still replaces the old run (by an empty one)
-    finally:
-        bar.close()
-        rd.close()
-    write_skipped(run_dir, skipped)
+    def process(chunk: list[PromptItem]) -> BatchResult:
+        requests = [system + item.messages for item in chunk for _ in range(n)]
+        call_params = dataclasses.replace(params, seed=int(stable_id("pairs-call", seed, [p.id for p in chunk]), 16) % (2**31))
+        bar.note(f"sampling {len(requests)} responses")
+        try:
+            completions = engine.generate(requests, call_params)
+        except PromptTooLongError as e:
+            raise PromptTooLongError(f"prompt {chunk[e.index // n].id}: {e}", e.index) from None
+        if len(completions) != len(requests):
+            raise RuntimeError(f"engine {engine.name!r} returned {len(completions)} completions for {len(requests)} requests")
+        result = BatchResult([])
+        for i, item in enumerate(chunk):
+            mine = completions[i * n : (i + 1) * n]
+            tokens["completion"] += sum(c.completion_tokens for c in mine)
+            if any(c.finish_reason == "skipped" for c in mine):
+                result.skipped.append({"id": item.id, "prompt_tokens": mine[0].prompt_tokens,
+                                       "reason": f"too long for the model's context with max_new_tokens={params.max_new_tokens}"})
+                continue
+            result.records.append(PairRecord(
+                id=pair_id(item.id, n),
+                prompt_id=item.id,
+                messages=item.messages,
+                responses=[c.text.strip() for c in mine],
+                finish_reasons=[c.finish_reason for c in mine],
+                prompt_truncated=any(c.prompt_truncated for c in mine),
+                model=engine.model_id,
+                engine=engine.name,
+                params=sampling_identity(params),
+                seed=seed,
+                system_prompt=system_prompt,
+                tokens={"prompt_tokens": sum(c.prompt_tokens for c in mine),
+                        "completion_tokens": sum(c.completion_tokens for c in mine)},
+                meta=item.meta or None,
+            ).dump())
+        return result
+
+    job = run_job(rd, prompts, process, id_of=lambda p: pair_id(p.id, n), chunk_size=chunk_size, progress=bar,
+                  status=lambda: f"{tokens['completion'] / max(time.monotonic() - start_time, 1e-9):.1f} tok/s", skipped_file=True)
     elapsed = time.monotonic() - start_time
     return {
         "run_dir": str(Path(run_dir)),
         "records": str(rd.records_path),
-        "prompts": len(prompts),
-        "already_done": len(prompts) - len(todo),
-        "generated": len(todo) - len(skipped),
-        "skipped": len(skipped),
+        "prompts": job.items,
+        "already_done": job.already_done,
+        "generated": job.todo - len(job.skipped),
+        "skipped": len(job.skipped),
         "seconds": round(elapsed, 2),
-        "completion_tokens": completion_tokens,
-        "tokens_per_s": round(completion_tokens / max(elapsed, 1e-9), 2),
+        "completion_tokens": tokens["completion"],
+        "tokens_per_s": round(tokens["completion"] / max(elapsed, 1e-9), 2),
     }

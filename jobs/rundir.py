@@ -15,6 +15,10 @@ Safety: an open run holds an exclusive lock (``flock`` on ``lock``, which names 
 and only once the new run has written its first records (or has ended normally with nothing to do):
 until then it lives in a hidden ``.overwrite-<pid>/`` folder inside, so a new run that fails at once
 leaves the old one as it was.
+
+``config.yaml`` (optional) holds the resolved config of the command that last ran in the directory,
+so a user can see what produced it; it is not part of the identity. The loop that fills a run
+directory is :func:`jobs.runner.run_job`; the record lines are read through :mod:`jobs.records`.
 """
 
 from __future__ import annotations
@@ -81,11 +85,12 @@ class RunDir:
     RECORDS = "records.jsonl"
     MANIFEST = "run.json"
     LOCK = "lock"
-    OWNED = (MANIFEST, RECORDS, "run.tmp", "summary.json", "skipped.jsonl", "exports", LOCK)  # all that overwrite may remove
+    CONFIG = "config.yaml"  # the resolved command config of the latest invocation (not part of the identity)
+    OWNED = (MANIFEST, RECORDS, CONFIG, "run.tmp", "summary.json", "skipped.jsonl", "exports", LOCK)  # all that overwrite may remove
     STAGING = ".overwrite-"
 
     def __init__(self, path: str | os.PathLike, identity: dict, *, overwrite: bool = False, kind: str = "run",
-                 inputs: Sequence[str | os.PathLike] = ()):
+                 inputs: Sequence[str | os.PathLike] = (), config=None):
         """Open (or create) a run directory and lock it until :meth:`close` (or the end of a ``with``).
 
         ``identity`` holds the settings that define the dataset (e.g. constitution hash, model,
@@ -93,6 +98,8 @@ class RunDir:
         the keys that differ, as does an edited ``inputs`` file, a run in progress elsewhere, or a
         folder that is not empty and not a run directory. ``overwrite`` starts over: the new run
         replaces the old one's files at its first :meth:`append` (see the module docstring).
+        ``config``, the resolved command config, is saved as ``config.yaml`` so a user sees what
+        produced the run; it is not compared on a resume (the latest invocation's config is kept).
         """
         self.path = Path(path)
         self.identity = _normalise(identity)
@@ -121,11 +128,23 @@ class RunDir:
                 tmp = work / "run.tmp"
                 tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
                 os.replace(tmp, work / self.MANIFEST)
+            if config is not None:
+                self._write_config(work, config)
             self.records_path = work / self.RECORDS  # where records go now; the final place after commit()
             self._repair_torn_tail()
         except BaseException:
             self.close()
             raise
+
+    def _write_config(self, work: Path, config: dict) -> None:
+        import yaml
+
+        if hasattr(config, "model_dump"):  # a pydantic config model
+            config = config.model_dump(mode="json")
+        plain = json.loads(json.dumps(config, default=str))  # paths, tuples … → YAML-safe values
+        tmp = work / "run.tmp"
+        tmp.write_text(yaml.safe_dump(plain, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        os.replace(tmp, work / self.CONFIG)
 
     # ---- checks --------------------------------------------------------------------------------
 
@@ -259,27 +278,23 @@ class RunDir:
             if keep != len(data):
                 f.truncate(keep)
 
-    def records(self) -> Iterator[dict]:
-        """The records, each id once (the first; a damaged file may hold more). A line that is not a
-        JSON record raises :class:`RunDirError` naming ``records.jsonl:N``."""
+    def records(self, model=None) -> Iterator[dict]:
+        """The records, each id once (the first; a damaged file may hold more), each validated through
+        the pydantic ``model`` when given. A line that is not a JSON record (or not a valid ``model``)
+        raises :class:`RunDirError` naming ``records.jsonl:N``."""
+        from jobs.records import read_jsonl, validate
+
         if not self.records_path.exists():
             return
         seen = set()
-        with open(self.records_path, "rb") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError as e:
-                    where = f" at column {e.colno}" if hasattr(e, "colno") else ""
-                    raise RunDirError(f"{self.records_path}:{n}: not valid JSON{where}: {getattr(e, 'msg', e)}; "
-                                      "repair or delete that line, or use another --out") from None
-                if not isinstance(record, dict) or "id" not in record:
-                    raise RunDirError(f"{self.records_path}:{n}: not a record (a JSON object with an \"id\")")
-                if record["id"] not in seen:
-                    seen.add(record["id"])
-                    yield record
+        for n, record in read_jsonl(self.records_path, error=RunDirError, hint="; repair or delete that line, or use another --out"):
+            if "id" not in record:
+                raise RunDirError(f"{self.records_path}:{n}: not a record (a JSON object with an \"id\")")
+            if model is not None:
+                validate(model, record, f"{self.records_path}:{n}", RunDirError)
+            if record["id"] not in seen:
+                seen.add(record["id"])
+                yield record
 
     def done_ids(self) -> set[str]:
         try:
@@ -313,7 +328,7 @@ class RunDir:
         for name in self.OWNED:
             if name != self.LOCK:
                 _remove(self.path / name)
-        for name in (self.RECORDS, self.MANIFEST):
+        for name in (self.RECORDS, self.CONFIG, self.MANIFEST):
             if (self._staging / name).exists():
                 os.replace(self._staging / name, self.path / name)
         shutil.rmtree(self._staging)

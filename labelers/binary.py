@@ -18,10 +18,12 @@ from typing import Sequence
 from constitution.schema import Constitution
 from engines.base import normalize_logprobs
 from jobs.rundir import RunDir
+from jobs.runner import run_job
 
 from .inputs import Single, load_singles
 from .preference import draw_principles, require_scoring, template_identity
 from .prompts import TemplateSpec, conversation_text, render_context, template_spec
+from .records import BinaryRecord
 
 
 @dataclass(frozen=True)
@@ -81,43 +83,38 @@ def label_binary(
     min_margin: float = 0.0,
     overwrite: bool = False,
     progress: bool = True,
+    config: dict | None = None,
 ) -> dict:
-    """Label every single response desirable/undesirable; write records, exports/kto.* and a summary."""
-    from tqdm import tqdm
-
+    """Label every single response desirable/undesirable; write records, exports/kto.* and a summary
+    (``config``, the resolved command config, is saved as RUN_DIR/config.yaml)."""
     from .exports import export_kto
 
     require_scoring(engine)
     spec = template_spec(template, "binary")
     items = load_singles(inputs) if isinstance(inputs, (str, Path)) else list(inputs)
     check_renders(spec, constitution, engine, items, question, seed)
-    run = RunDir(run_dir, single_identity("binary", spec, constitution, engine, question, seed),
-                 overwrite=overwrite, kind="label-binary", inputs=[inputs] if isinstance(inputs, (str, Path)) else ())
+    stamp = constitution.stamp() if constitution is not None and not question else {}
+
+    def process(batch: list[Single]) -> list[dict]:
+        standards = [standard_for(constitution, question, s.id, seed) for s in batch]
+        contexts = [single_context(spec, constitution, engine, s.prompt, s.response, st) for s, st in zip(batch, standards)]
+        records = []
+        for s, st, lp in zip(batch, standards, engine.score_options(contexts, list(spec.options))):
+            p_yes, p_good = desirable_probability(lp, st.invert)
+            records.append(BinaryRecord(
+                id=s.id, source_id=s.source_id, prompt=s.prompt, response=s.response,
+                p_yes=p_yes, p_desirable=p_good, label=p_good >= 0.5, confidence=max(p_good, 1 - p_good),
+                principle_ids=[st.id], inverted=[st.invert], logprobs=lp, options=list(spec.options),
+                template=template, labeler_model=engine.model_id, engine=engine.name, **stamp,
+                seed=seed, source=s.meta,
+            ).dump())
+        return records
+
+    run = RunDir(run_dir, single_identity("binary", spec, constitution, engine, question, seed), overwrite=overwrite,
+                 kind="label-binary", inputs=[inputs] if isinstance(inputs, (str, Path)) else (), config=config)
     try:
-        done = run.done_ids()
-        todo = [s for s in items if s.id not in done]
-        bar = tqdm(total=len(todo), unit="response", desc="binary labels", disable=not progress, dynamic_ncols=True)
-        stamp = constitution.stamp() if constitution is not None and not question else {}
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            standards = [standard_for(constitution, question, s.id, seed) for s in batch]
-            contexts = [single_context(spec, constitution, engine, s.prompt, s.response, st) for s, st in zip(batch, standards)]
-            logprobs = engine.score_options(contexts, list(spec.options))
-            records = []
-            for s, st, lp in zip(batch, standards, logprobs):
-                p_yes, p_good = desirable_probability(lp, st.invert)
-                records.append({
-                    "id": s.id, "source_id": s.source_id, "prompt": s.prompt, "response": s.response,
-                    "p_yes": p_yes, "p_desirable": p_good, "label": p_good >= 0.5, "confidence": max(p_good, 1 - p_good),
-                    "principle_ids": [st.id], "inverted": [st.invert], "logprobs": lp, "options": list(spec.options),
-                    "template": template, "labeler_model": engine.model_id, "engine": engine.name, **stamp,
-                    "seed": seed, "source": s.meta,
-                })
-            run.append(records)
-            bar.update(len(batch))
-        bar.close()
-        run.commit()  # an --overwrite run with nothing to label still replaces the old run (by an empty one)
-        records = list(run.records())
+        run_job(run, items, process, chunk_size=batch_size, progress=progress, desc="binary labels", unit="response", close=False)
+        records = list(run.records(BinaryRecord))
         summary = {
             "responses": len(records),
             "desirable": sum(r["label"] for r in records),

@@ -28,6 +28,8 @@ from constitution.schema import Constitution
 from engines.base import normalize_logprobs
 from jobs.rundir import stable_id
 
+from .calibration import calibration_table, expected_calibration_error, reliability_bins  # noqa: F401  (re-exported)
+from .calibration import plot_reliability as draw_reliability
 from .inputs import InputError, as_messages, as_response, read_jsonl
 from .preference import comparison_context, draw_principles, few_shot_examples, require_scoring
 from .prompts import template_spec
@@ -101,20 +103,6 @@ def load_gold(path: str | Path, seed: int = 0) -> list[GoldItem]:
 # ---- metrics (pure) ----------------------------------------------------------------------------------
 
 
-def expected_calibration_error(probs: Sequence[float], outcomes: Sequence[bool], bins: int = 10) -> float:
-    """Σ_b (n_b / N)·|mean outcome in b − mean prob in b| over equal-width probability bins."""
-    return sum(n / len(probs) * abs(freq - conf) for n, conf, freq in reliability_bins(probs, outcomes, bins) if n)
-
-
-def reliability_bins(probs: Sequence[float], outcomes: Sequence[bool], bins: int = 10) -> list[tuple[int, float, float]]:
-    """(count, mean probability, observed frequency) per bin; bin i holds [i/bins, (i+1)/bins), 1.0 in the last."""
-    groups: list[list[tuple[float, bool]]] = [[] for _ in range(bins)]
-    for p, y in zip(probs, outcomes, strict=True):
-        groups[min(int(p * bins), bins - 1)].append((p, y))
-    return [(len(g), sum(p for p, _ in g) / len(g) if g else 0.0, sum(y for _, y in g) / len(g) if g else 0.0)
-            for g in groups]
-
-
 def agreement_metrics(rows: list[dict]) -> dict:
     n = len(rows)
     if not n:
@@ -157,29 +145,10 @@ def format_summary(metrics: dict) -> str:
 
 
 def plot_reliability(rows: list[dict], path: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    bins = reliability_bins([r["p_first_avg"] for r in rows], [r["gold_first"] for r in rows])
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    xs = [conf for n, conf, _ in bins if n]
-    ys = [freq for n, _, freq in bins if n]
-    ax.plot(xs, ys, "o-", label="labeler")
-    for (n, conf, freq) in bins:
-        if n:
-            ax.annotate(str(n), (conf, freq), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    ax.set_xlabel("predicted P(first response is better), both orders")
-    ax.set_ylabel("observed frequency (gold)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.legend(loc="lower right")
-    ax.set_title(f"Reliability diagram (ECE {expected_calibration_error([r['p_first_avg'] for r in rows], [r['gold_first'] for r in rows]):.3f})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """The labeler's reliability diagram (both orders against gold) as a PNG."""
+    ece, table = calibration_table([r["p_first_avg"] for r in rows], [r["gold_first"] for r in rows])
+    draw_reliability({"labeler": table}, path, xlabel="predicted P(first response is better), both orders",
+                     ylabel="observed frequency (gold)", title=f"Reliability diagram (ECE {ece:.3f})", counts=True)
 
 
 # ---- running the labeler ---------------------------------------------------------------------------

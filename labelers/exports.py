@@ -12,14 +12,19 @@ Each record id counts once, whatever ``records.jsonl`` holds (the first record o
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Iterable
 
-from generators.exports import read_records
+from jobs.records import ExportError, write_export
+from jobs.records import read_records as read_run_records
+from jobs.rundir import RunDir
 
-KEEP = ("labeler_model", "engine", "template", "constitution", "constitution_hash", "principle_ids", "seed", "source_id")
+from .records import KEEP, BinaryRecord, KTORow, PreferenceRecord, PrefsRow, ScoreRecord, ScoreRow
+
+
+def read_records(run_dir: Path, model) -> tuple[list[dict], int]:
+    """(the run's records — the first of each id, validated through ``model`` —, later duplicates dropped)."""
+    return read_run_records(Path(run_dir) / RunDir.RECORDS, model, error=ExportError)
 
 
 def _assistant(text: str) -> list[dict]:
@@ -27,27 +32,8 @@ def _assistant(text: str) -> list[dict]:
 
 
 def _write(run_dir: Path, name: str, rows: list[dict]) -> dict:
-    """exports/<name>.jsonl (atomically replaced) and exports/<name>/ (a datasets folder)."""
-    out = Path(run_dir) / "exports"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    folder = out / name
-    if rows:
-        import datasets
-
-        was_enabled = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()  # a bar per tiny export is noise next to the labeling bar
-        try:
-            datasets.Dataset.from_list(rows).save_to_disk(str(folder))
-        finally:
-            if was_enabled:
-                datasets.enable_progress_bars()
-    return {"jsonl": str(path), "dataset": str(folder) if rows else None, "rows": len(rows)}
+    """exports/<name>.jsonl and exports/<name>/ (a datasets folder), each replaced atomically."""
+    return write_export(Path(run_dir) / "exports", name, rows)
 
 
 def preference_rows(records: Iterable[dict], min_margin: float = 0.0) -> list[dict]:
@@ -59,19 +45,19 @@ def preference_rows(records: Iterable[dict], min_margin: float = 0.0) -> list[di
         if abs(p - 0.5) < min_margin:
             continue
         a_wins = p >= 0.5
-        rows.append({
-            "id": r["id"], "prompt": r["prompt"],
-            "chosen": _assistant(r["response_a"] if a_wins else r["response_b"]),
-            "rejected": _assistant(r["response_b"] if a_wins else r["response_a"]),
-            "p_chosen": p if a_wins else 1.0 - p,
-            "position_flip": r.get("position_flip"),
+        rows.append(PrefsRow(
+            id=r["id"], prompt=r["prompt"],
+            chosen=_assistant(r["response_a"] if a_wins else r["response_b"]),
+            rejected=_assistant(r["response_b"] if a_wins else r["response_a"]),
+            p_chosen=p if a_wins else 1.0 - p,
+            position_flip=r.get("position_flip"),
             **{k: r[k] for k in KEEP if k in r},
-        })
+        ).dump())
     return rows
 
 
 def export_preferences(run_dir: str | Path, min_margin: float = 0.0) -> dict:
-    records, dropped = read_records(Path(run_dir))
+    records, dropped = read_records(Path(run_dir), PreferenceRecord)
     return {**_write(Path(run_dir), "prefs", preference_rows(records, min_margin)), "duplicates_dropped": dropped}
 
 
@@ -80,27 +66,27 @@ def kto_rows(records: Iterable[dict], min_margin: float = 0.0) -> list[dict]:
     for r in records:
         if abs(r["p_desirable"] - 0.5) < min_margin:
             continue
-        rows.append({
-            "id": r["id"], "prompt": r["prompt"], "completion": _assistant(r["response"]), "label": r["label"],
-            "p_desirable": r["p_desirable"], "confidence": r["confidence"], **{k: r[k] for k in KEEP if k in r},
-        })
+        rows.append(KTORow(
+            id=r["id"], prompt=r["prompt"], completion=_assistant(r["response"]), label=r["label"],
+            p_desirable=r["p_desirable"], confidence=r["confidence"], **{k: r[k] for k in KEEP if k in r},
+        ).dump())
     return rows
 
 
 def export_kto(run_dir: str | Path, min_margin: float = 0.0) -> dict:
-    records, dropped = read_records(Path(run_dir))
+    records, dropped = read_records(Path(run_dir), BinaryRecord)
     return {**_write(Path(run_dir), "kto", kto_rows(records, min_margin)), "duplicates_dropped": dropped}
 
 
 def score_rows(records: Iterable[dict]) -> list[dict]:
-    return [{
-        "id": r["id"], "prompt": r["prompt"], "completion": _assistant(r["response"]), "score": r["score"],
-        "expected_rating": r["expected_rating"], **{k: r[k] for k in KEEP if k in r},
-    } for r in records]
+    return [ScoreRow(
+        id=r["id"], prompt=r["prompt"], completion=_assistant(r["response"]), score=r["score"],
+        expected_rating=r["expected_rating"], **{k: r[k] for k in KEEP if k in r},
+    ).dump() for r in records]
 
 
 def export_scores(run_dir: str | Path) -> dict:
-    records, dropped = read_records(Path(run_dir))
+    records, dropped = read_records(Path(run_dir), ScoreRecord)
     return {**_write(Path(run_dir), "scores", score_rows(records)), "duplicates_dropped": dropped}
 
 

@@ -13,11 +13,11 @@ list of messages whose last one is the response (TRL's conversational columns).
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from constitution.loader import utf8_problem
+from jobs.records import MessagesError, check_messages
+from jobs.records import read_jsonl as read_jsonl_lines
 from jobs.rundir import stable_id
 
 
@@ -56,26 +56,11 @@ def _records_file(path: str | Path) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-empty line; a bad line is an error naming it. The file is
-    read once, front to back, so a pipe (``/dev/stdin``, ``<(…)``) works too."""
-    rows = []
+    """(line number, object) for each non-empty line (:func:`jobs.records.read_jsonl`); a bad line is
+    an :class:`InputError` naming it, as is a missing or empty file."""
     if not Path(path).exists() or Path(path).is_dir():
         raise InputError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"{path}:{number}: {utf8_problem(raw, e)[1]}") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except (ValueError, RecursionError) as e:  # RecursionError: nested thousands deep
-                raise InputError(f"{path}:{number}: not valid JSON ({e})") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((number, obj))
+    rows = list(read_jsonl_lines(path, error=InputError))
     if not rows:
         raise InputError(f"{path}: no records")
     return rows
@@ -86,13 +71,11 @@ def _where(path, number, key):
 
 
 def as_messages(value, where: str) -> list[dict]:
-    if isinstance(value, str):
-        return [{"role": "user", "content": value}]
-    if isinstance(value, list) and value and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
-    ):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise InputError(f"{where}: expected a string or a non-empty list of {{'role', 'content'}} messages")
+    """A prompt: a string (one user turn) or a list of chat messages."""
+    try:
+        return check_messages(value, "", string_role="user")
+    except MessagesError as e:
+        raise InputError(f"{where}: {str(e).removeprefix(': ')}") from None
 
 
 def as_response(value, where: str) -> str:

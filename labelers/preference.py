@@ -30,9 +30,11 @@ from typing import Sequence
 from constitution.schema import Constitution, FeedbackPrinciple
 from engines.base import EngineCapabilityError, GenerationParams, normalize_logprobs
 from jobs.rundir import RunDir, stable_id
+from jobs.runner import run_job
 
 from .inputs import Comparison, load_comparisons
 from .prompts import TemplateSpec, conversation_text, render_context, template_spec, template_text
+from .records import PreferenceRecord
 
 ORDERS = ("ab", "ba")
 
@@ -177,11 +179,11 @@ def label_preferences(
     min_margin: float = 0.0,
     overwrite: bool = False,
     progress: bool = True,
+    config: dict | None = None,
 ) -> dict:
     """Label every comparison, append records to RUN_DIR/records.jsonl (resumable), write the
-    exports and RUN_DIR/summary.json, and return the summary."""
-    from tqdm import tqdm
-
+    exports and RUN_DIR/summary.json, and return the summary. ``config`` (the resolved command
+    config) is saved as RUN_DIR/config.yaml."""
     from .exports import export_preferences, preference_summary
 
     require_scoring(engine)
@@ -201,55 +203,51 @@ def label_preferences(
         "cot": cot, "cot_clamp": list(cot_clamp) if cot else None, "cot_max_tokens": cot_max_tokens if cot else None,
         "seed": seed,
     }
+    orders = ORDERS if both_orders else ORDERS[:1]
+    per_pair = ensemble * len(orders)
+
+    def process(batch: list[Comparison]) -> list[dict]:
+        contexts, plan = [], []
+        for comp in batch:
+            principles = draw_principles(constitution, comp.id, ensemble, seed)
+            examples = few_shot_examples(constitution, comp.id, seed)
+            plan.append(principles)
+            for p in principles:
+                for order in orders:
+                    first, second = (comp.response_a, comp.response_b) if order == "ab" else (comp.response_b, comp.response_a)
+                    contexts.append(comparison_context(spec, constitution, engine, prompt=comp.prompt, first=first,
+                                                       second=second, principle_text=p.text, examples=examples, cot=cot))
+        logprobs, rationales = score_contexts(engine, spec, contexts, cot=cot, cot_max_tokens=cot_max_tokens, seed=seed)
+        records = []
+        for n, (comp, principles) in enumerate(zip(batch, plan)):
+            rows = range(n * per_pair, (n + 1) * per_pair)
+            by_order = {o: [logprobs[r] for r in rows][i :: len(orders)] for i, o in enumerate(orders)}
+            raw = {o: [first_option_probability(lp) for lp in by_order[o]] for o in orders}
+            inverted = [p.invert for p in principles]
+            result = combine_orders(raw["ab"], raw.get("ba"), inverted, cot_clamp if cot else None)
+            extra = {}
+            if cot:
+                chosen_rows = [rationales[r] for r in rows]
+                extra = {"cot_rationales": {o: chosen_rows[i :: len(orders)] for i, o in enumerate(orders)},
+                         "cot_clamp": list(cot_clamp)}
+            records.append(PreferenceRecord(
+                id=comp.id, source_id=comp.source_id, prompt=comp.prompt,
+                response_a=comp.response_a, response_b=comp.response_b,
+                response_indices=list(comp.indices) if comp.indices else None, input_chosen=comp.input_chosen,
+                **result, p_ab=raw["ab"], p_ba=raw.get("ba"),
+                principle_ids=[p.id for p in principles], inverted=inverted,
+                logprobs={o: by_order[o] for o in orders}, options=list(spec.options),
+                template=template, labeler_model=engine.model_id, engine=engine.name,
+                **constitution.stamp(), seed=seed, source=comp.meta, **extra,
+            ).dump())
+        return records
+
     run = RunDir(run_dir, identity, overwrite=overwrite, kind="label-preference",
-                 inputs=[pairs] if isinstance(pairs, (str, Path)) else ())
+                 inputs=[pairs] if isinstance(pairs, (str, Path)) else (), config=config)
     try:
-        done = run.done_ids()
-        todo = [c for c in comparisons if c.id not in done]
-        orders = ORDERS if both_orders else ORDERS[:1]
-        per_pair = ensemble * len(orders)
-        chunk = max(1, batch_size // per_pair)
-        bar = tqdm(total=len(todo), unit="pair", desc="labeling", disable=not progress, dynamic_ncols=True)
-        for start in range(0, len(todo), chunk):
-            batch = todo[start : start + chunk]
-            contexts, plan = [], []
-            for comp in batch:
-                principles = draw_principles(constitution, comp.id, ensemble, seed)
-                examples = few_shot_examples(constitution, comp.id, seed)
-                plan.append(principles)
-                for p in principles:
-                    for order in orders:
-                        first, second = (comp.response_a, comp.response_b) if order == "ab" else (comp.response_b, comp.response_a)
-                        contexts.append(comparison_context(spec, constitution, engine, prompt=comp.prompt, first=first,
-                                                           second=second, principle_text=p.text, examples=examples, cot=cot))
-            logprobs, rationales = score_contexts(engine, spec, contexts, cot=cot, cot_max_tokens=cot_max_tokens, seed=seed)
-            records = []
-            for n, (comp, principles) in enumerate(zip(batch, plan)):
-                rows = range(n * per_pair, (n + 1) * per_pair)
-                by_order = {o: [logprobs[r] for r in rows][i :: len(orders)] for i, o in enumerate(orders)}
-                raw = {o: [first_option_probability(lp) for lp in by_order[o]] for o in orders}
-                inverted = [p.invert for p in principles]
-                result = combine_orders(raw["ab"], raw.get("ba"), inverted, cot_clamp if cot else None)
-                record = {
-                    "id": comp.id, "source_id": comp.source_id, "prompt": comp.prompt,
-                    "response_a": comp.response_a, "response_b": comp.response_b,
-                    "response_indices": list(comp.indices) if comp.indices else None, "input_chosen": comp.input_chosen,
-                    **result, "p_ab": raw["ab"], "p_ba": raw.get("ba"),
-                    "principle_ids": [p.id for p in principles], "inverted": inverted,
-                    "logprobs": {o: by_order[o] for o in orders}, "options": list(spec.options),
-                    "template": template, "labeler_model": engine.model_id, "engine": engine.name,
-                    **constitution.stamp(), "seed": seed, "source": comp.meta,
-                }
-                if cot:
-                    chosen_rows = [rationales[r] for r in rows]
-                    record["cot_rationales"] = {o: chosen_rows[i :: len(orders)] for i, o in enumerate(orders)}
-                    record["cot_clamp"] = list(cot_clamp)
-                records.append(record)
-            run.append(records)
-            bar.update(len(batch))
-        bar.close()
-        run.commit()  # an --overwrite run with nothing to label still replaces the old run (by an empty one)
-        summary = preference_summary(run.records())
+        run_job(run, comparisons, process, chunk_size=max(1, batch_size // per_pair), progress=progress,
+                desc="labeling", unit="pair", close=False)
+        summary = preference_summary(run.records(PreferenceRecord))
         summary["exports"] = export_preferences(run.path, min_margin=min_margin)
         (run.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     finally:

@@ -28,12 +28,13 @@ from typing import Sequence
 from constitution.schema import Constitution
 from engines.base import normalize_logprobs
 from jobs.rundir import RunDir
+from jobs.runner import run_job
 
 from .binary import Standard, check_renders, single_context, single_identity, standard_for
 from .inputs import Single, as_messages, load_singles
-from .prompts import TEMPLATES
 from .preference import require_scoring
-from .prompts import template_spec
+from .prompts import TEMPLATES, template_spec
+from .records import ScoreRecord
 
 DEFAULT_STANDARD = "Is the reply helpful, honest and harmless?"
 RATING_OPTIONS = TEMPLATES["score"].options  # " 1" … " 10", scored right after the template's "Rating:"
@@ -124,37 +125,34 @@ def label_scores(
     batch_size: int = 32,
     overwrite: bool = False,
     progress: bool = True,
+    config: dict | None = None,
 ) -> dict:
-    """Score every single response; write records, exports/scores.* and a summary."""
-    from tqdm import tqdm
-
+    """Score every single response; write records, exports/scores.* and a summary (``config``, the
+    resolved command config, is saved as RUN_DIR/config.yaml)."""
     from .exports import export_scores
 
     require_scoring(engine)
     spec = template_spec(template, "score")
     items = load_singles(inputs) if isinstance(inputs, (str, Path)) else list(inputs)
     check_renders(spec, constitution, engine, items, question, seed)
+    stamp = constitution.stamp() if constitution is not None and not question else {}
+
+    def process(batch: list[Single]) -> list[dict]:
+        standards = [standard_for(constitution, question, s.id, seed) for s in batch]
+        details = score_details(engine, [s.prompt for s in batch], [s.response for s in batch], standards,
+                                constitution=constitution, template=template)
+        return [ScoreRecord(
+            id=s.id, source_id=s.source_id, prompt=s.prompt, response=s.response, **d,
+            principle_ids=[st.id], inverted=[st.invert], options=list(RATING_OPTIONS), template=template,
+            labeler_model=engine.model_id, engine=engine.name, **stamp, seed=seed, source=s.meta,
+        ).dump() for s, st, d in zip(batch, standards, details)]
+
     run = RunDir(run_dir, {**single_identity("score", spec, constitution, engine, question, seed), "rating": "digits"},
-                 overwrite=overwrite, kind="label-score", inputs=[inputs] if isinstance(inputs, (str, Path)) else ())
+                 overwrite=overwrite, kind="label-score", inputs=[inputs] if isinstance(inputs, (str, Path)) else (),
+                 config=config)
     try:
-        done = run.done_ids()
-        todo = [s for s in items if s.id not in done]
-        stamp = constitution.stamp() if constitution is not None and not question else {}
-        bar = tqdm(total=len(todo), unit="response", desc="scores", disable=not progress, dynamic_ncols=True)
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            standards = [standard_for(constitution, question, s.id, seed) for s in batch]
-            details = score_details(engine, [s.prompt for s in batch], [s.response for s in batch], standards,
-                                    constitution=constitution, template=template)
-            run.append([{
-                "id": s.id, "source_id": s.source_id, "prompt": s.prompt, "response": s.response, **d,
-                "principle_ids": [st.id], "inverted": [st.invert], "options": list(RATING_OPTIONS), "template": template,
-                "labeler_model": engine.model_id, "engine": engine.name, **stamp, "seed": seed, "source": s.meta,
-            } for s, st, d in zip(batch, standards, details)])
-            bar.update(len(batch))
-        bar.close()
-        run.commit()  # an --overwrite run with nothing to label still replaces the old run (by an empty one)
-        records = list(run.records())
+        run_job(run, items, process, chunk_size=batch_size, progress=progress, desc="scores", unit="response", close=False)
+        records = list(run.records(ScoreRecord))
         summary = {
             "responses": len(records),
             "mean_score": sum(r["score"] for r in records) / len(records) if records else None,

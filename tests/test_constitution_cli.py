@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import ASSETS, REPO_ROOT
 from typer.testing import CliRunner
 
 from cai_cli import app
 from constitution import load_constitution, resolve_constitution
-
-from conftest import ASSETS, REPO_ROOT
 
 FIXTURES = ASSETS / "constitutions"
 HARMLESS_PATH = REPO_ROOT / "constitution" / "library" / "harmless.yaml"

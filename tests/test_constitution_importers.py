@@ -6,11 +6,10 @@ import json
 import shutil
 
 import pytest
+from conftest import ASSETS
 
 from constitution import ConstitutionError
 from constitution.importers import ConstitutionImportWarning, import_anthropic, import_hf
-
-from conftest import ASSETS
 
 FIXTURES = ASSETS / "constitutions"
 HF = FIXTURES / "hf_llm_swarm_sample.json"

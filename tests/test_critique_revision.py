@@ -8,8 +8,8 @@ import json
 import pytest
 
 from constitution.schema import Constitution, CritiqueRevisionPrinciple, FewShotExample
-from generators.critique_revision import conversation_prefix, draw_principle, run_sl_cai
 from engines.base import Completion, GenerationParams
+from generators.critique_revision import conversation_prefix, draw_principle, run_sl_cai
 from generators.inputs import PromptItem
 from jobs.rundir import RunDirError
 

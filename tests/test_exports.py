@@ -6,13 +6,13 @@ import json
 
 import datasets
 import pytest
+from test_critique_revision import FakeEngine, make_constitution, make_prompts
 
-from generators.critique_revision import run_sl_cai
 from engines.base import GenerationParams
+from generators.critique_revision import run_sl_cai
 from generators.exports import ExportError, export_pairs, export_run, export_sl_cai, sl_cai_rows
 from generators.inputs import PromptItem
 from generators.pairs import run_pairs
-from test_critique_revision import FakeEngine, make_constitution, make_prompts
 
 PARAMS = GenerationParams(max_new_tokens=8)
 

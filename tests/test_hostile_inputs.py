@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from label_fakes import FakeEngine, constitution
 from typer.testing import CliRunner
 
 from cai_cli import app
@@ -21,8 +22,6 @@ from constitution.importers import import_hf
 from generators.inputs import PromptFileError, read_prompts
 from labelers.inputs import InputError, load_comparisons
 from labelers.preference import label_preferences
-
-from label_fakes import FakeEngine, constitution
 
 runner = CliRunner()
 HEAD = "name: hostile\nversion: '1'\n"

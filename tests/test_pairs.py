@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_critique_revision import FakeEngine, make_prompts
 
 from engines.base import GenerationParams
 from generators.pairs import pair_id, run_pairs
 from jobs.rundir import RunDirError
-from test_critique_revision import FakeEngine, make_prompts
 
 PARAMS = GenerationParams(max_new_tokens=8, temperature=1.0)
 

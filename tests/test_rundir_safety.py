@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+from test_critique_revision import PARAMS, FakeEngine, make_prompts
 from typer.testing import CliRunner
 
 from cai_cli import app
@@ -17,7 +18,6 @@ from generators.exports import export_pairs, export_sl_cai
 from generators.pairs import run_pairs
 from jobs.rundir import RunDir, RunDirError
 from labelers.exports import export_kto, export_preferences, export_scores
-from test_critique_revision import PARAMS, FakeEngine, make_prompts
 
 ID = {"model": "m"}
 

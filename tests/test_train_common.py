@@ -10,8 +10,6 @@ import pytest
 
 from trainers.checkpoint import latest_checkpoint
 from trainers.config import ConfigError, TrainConfig, load_config
-from trainers.metrics import MetricsLogger, read_metrics
-from trainers.plan import plan_steps
 from trainers.data import (
     DataError,
     LengthReport,
@@ -22,6 +20,8 @@ from trainers.data import (
     tokenize_messages,
     validate_rows,
 )
+from trainers.metrics import MetricsLogger, read_metrics
+from trainers.plan import plan_steps
 
 REQUIRED = {"data": ["d.jsonl"], "model": "m", "out": "o"}
 
@@ -51,14 +51,14 @@ def test_config_precedence_defaults_yaml_cli(tmp_path):
 def test_config_unknown_yaml_key_is_named(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("learning_rate: 0.1\n")
-    with pytest.raises(ConfigError, match=r"c.yaml: unknown key 'learning_rate'"):
+    with pytest.raises(ConfigError, match=r"c.yaml:1: learning_rate: unknown key \(did you mean lr\?\)"):
         load_config(TrainConfig, cfg_file, **REQUIRED)
 
 
 def test_config_type_and_choice_errors(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("batch_size: many\n")
-    with pytest.raises(ConfigError, match=r"key 'batch_size': expected int"):
+    with pytest.raises(ConfigError, match=r"c.yaml:1: batch_size: expected int, got 'many'"):
         load_config(TrainConfig, cfg_file, **REQUIRED)
     with pytest.raises(ConfigError, match="--on-long must be one of skip, truncate, error"):
         load_config(TrainConfig, None, on_long="sometimes", **REQUIRED)

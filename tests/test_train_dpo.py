@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT, build_tiny_model
 
 WORDS = "the cat sat on a mat dog ran far away sun is warm blue sky tree grows tall river flows fast bird sings".split()
@@ -144,8 +143,8 @@ def test_precomputed_reference_equals_live_reference(tmp_path, tiny_model_dir):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainers.metrics import read_metrics
     from trainers.dpo import train_dpo
+    from trainers.metrics import read_metrics
 
     rows = preference_rows(16, seed=3)
     train = write_jsonl(tmp_path / "train.jsonl", rows)
@@ -191,8 +190,8 @@ def test_ref_model_option_uses_that_model_as_reference(tmp_path, tiny_model_dir)
 
 def test_lora_live_reference_is_the_adapter_free_policy(tmp_path, tiny_model_dir):
     """With LoRA and no --ref-model, live mode switches the adapter off instead of loading a copy."""
-    from trainers.metrics import read_metrics
     from trainers.dpo import train_dpo
+    from trainers.metrics import read_metrics
 
     train = write_jsonl(tmp_path / "train.jsonl", preference_rows(16, seed=4))
     losses, evals = {}, {}
@@ -208,8 +207,8 @@ def test_lora_live_reference_is_the_adapter_free_policy(tmp_path, tiny_model_dir
 
 
 def test_resume_after_kill_continues_the_same_loss_curve(tmp_path, tiny_model_dir):
-    from trainers.metrics import read_metrics
     from trainers.dpo import train_dpo
+    from trainers.metrics import read_metrics
 
     train = write_jsonl(tmp_path / "train.jsonl", preference_rows(24, seed=5))
     whole = tmp_path / "whole"

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
 
 WORDS = "the cat sat on a mat dog ran far away sun is warm blue sky tree grows tall river flows fast bird sings".split()
@@ -71,8 +70,8 @@ def test_balance_equalises_the_classes_total_weight():
 def test_kto_raises_desirable_likelihood_relative_to_undesirable(tmp_path, tiny_model_dir):
     from safetensors.torch import load_file
 
-    from trainers.metrics import read_metrics
     from trainers.kto import train_kto
+    from trainers.metrics import read_metrics
 
     train = write_jsonl(tmp_path / "train.jsonl", kto_rows(32, seed=0, desirable_share=0.25))
     held_out = write_jsonl(tmp_path / "held_out.jsonl", kto_rows(16, seed=1))
@@ -95,8 +94,8 @@ def test_kto_raises_desirable_likelihood_relative_to_undesirable(tmp_path, tiny_
 
 
 def test_kto_precomputed_reference_matches_live_reference(tmp_path, tiny_model_dir):
-    from trainers.metrics import read_metrics
     from trainers.kto import train_kto
+    from trainers.metrics import read_metrics
 
     train = write_jsonl(tmp_path / "train.jsonl", kto_rows(16, seed=2))
     curves = {}

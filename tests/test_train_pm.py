@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from labelers.calibration import calibration_table as expected_calibration_error
 from trainers.config import load_config
 from trainers.metrics import read_metrics
-from trainers.preference_model import PMConfig, expected_calibration_error, train_preference_model
+from trainers.preference_model import PMConfig, train_preference_model
 
 CAI = Path(sys.executable).parent / "cai"
 WORDS = "the cat dog sun moon tree river stone cloud bird fish road hill lake".split()

@@ -47,9 +47,8 @@ def build_biased_policy(path: Path, seed: int = 0, word_logit: float = 10.0, eos
     """A tiny Llama that writes mostly WORDS: every input embedding gets a constant +1 in dimension 0, which
     survives to the final norm as ≈ +5.7, and the output rows of WORDS (and EOS) read that dimension, so
     their logits sit near ``word_logit`` (EOS ``eos_logit``) while all others stay near 0."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     from conftest import TOKENIZER_DIR
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     ids = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in WORDS]
@@ -220,9 +219,9 @@ def train_tiny_preference_model(path: Path, steps: int = 80) -> Path:
     chosen response holds more " cat" words than the rejected one; saved like `cai train pm` saves."""
     import random
 
+    from conftest import TOKENIZER_DIR
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    from conftest import TOKENIZER_DIR
     from trainers.losses import soft_bt_loss
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
@@ -349,8 +348,7 @@ def test_rollout_logprobs_match_a_plain_forward(policy_dir):
     those of an unpadded forward pass of each prompt + response alone."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainers.rollout import (backbone_hidden, eos_token_ids, render_prompt_ids, response_logprobs,
-                                  sample_rollout, split_causal_lm)
+    from trainers.rollout import backbone_hidden, eos_token_ids, render_prompt_ids, response_logprobs, sample_rollout, split_causal_lm
 
     model, tokenizer = AutoModelForCausalLM.from_pretrained(policy_dir), AutoTokenizer.from_pretrained(policy_dir)
     prompt_ids = render_prompt_ids(tokenizer, [[{"role": "user", "content": p}] for p in ("Hi", "A much longer question here?")], 64)

@@ -58,8 +58,8 @@ def test_loss_ignores_everything_but_assistant_tokens(tmp_path, tiny_model_dir):
     system prompt, user turn and role headers are -100 and contribute nothing to the loss."""
     from transformers import AutoTokenizer
 
-    from trainers.models import load_model_and_tokenizer
     from trainers.data import LengthReport
+    from trainers.models import load_model_and_tokenizer
     from trainers.sft import tokenize_sft_rows
 
     model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
@@ -78,8 +78,8 @@ def test_packing_keeps_examples_apart(tiny_model_dir):
     same examples run one by one; naive concatenation (attention across examples) differs."""
     import torch
 
-    from trainers.models import load_model_and_tokenizer
     from trainers.data import LengthReport
+    from trainers.models import load_model_and_tokenizer
     from trainers.sft import tokenize_sft_rows
 
     model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
@@ -88,7 +88,7 @@ def test_packing_keeps_examples_apart(tiny_model_dir):
     assert len(packed) == 1 and packed[0]["ids"] == ["r0", "r1", "r2"]
     with torch.no_grad():
         separate = [forward_loss(model, collate([e], tokenizer.pad_token_id, "cpu")) for e in examples]
-        expected = sum(l.item() * n.item() for l, n in separate) / sum(n.item() for _, n in separate)
+        expected = sum(loss.item() * n.item() for loss, n in separate) / sum(n.item() for _, n in separate)
         packed_loss, _ = forward_loss(model, collate(packed, tokenizer.pad_token_id, "cpu"))
         naive = {k: v for k, v in packed[0].items() if k != "position_ids"}
         naive_loss, _ = forward_loss(model, collate([naive], tokenizer.pad_token_id, "cpu"))
@@ -172,7 +172,7 @@ def test_cli_bad_data_names_the_row(tmp_path, tiny_model_dir):
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("batch_sise: 4\n")
     result = CliRunner().invoke(app, ["sft", "--config", str(yaml_file), "--data", str(bad), "--model", "m", "--out", "o"])
-    assert result.exit_code == 2 and "unknown key 'batch_sise'" in result.output
+    assert result.exit_code == 2 and "c.yaml:1: batch_sise: unknown key (did you mean batch_size?)" in result.output
 
 
 @pytest.mark.slow

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from cai_cli import app
 from constitution.schema import Constitution, CritiqueRevisionPrinciple, FewShotExample
-from generators.critique_revision import run_sl_cai
 from engines import GenerationParams, load_engine
 from engines.base import Completion, PromptTooLongError, fit_prompt
+from generators.critique_revision import run_sl_cai
 from generators.inputs import PromptItem
 from generators.pairs import run_pairs
 

@@ -1,7 +1,9 @@
 """Trainers: one file per method, written out top to bottom (no base class), calling small helpers split
 by concern — ``config`` (options, YAML), ``models`` (loading, LoRA, dropout, accelerator, optimizer),
 ``plan`` (which rows each step reads), ``metrics`` (metrics.jsonl, progress), ``checkpoint`` (exact
-resume, final model), ``data`` (rows and tokenization) and ``losses`` (pure functions).
+resume, final model), ``data`` (rows and tokenization), ``losses`` (pure functions), ``reference``
+(response log-probs and the reference model, shared by DPO/KTO), ``rollout`` (PPO sampling and
+per-token scoring), ``rewards`` (reward functions) and ``ppo_update`` (PPO/RLOO advantages and update).
 
 A trainer's life, top to bottom (see trainers/sft.py for the full example)::
 

@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .config import CHECKPOINTS_DIR, DATA_FIELDS, PATH_FIELDS, RESUME_NEUTRAL_FIELDS, ConfigError, TrainConfig, config_to_dict
-from .plan import StepPlan
+from trainers.config import CHECKPOINTS_DIR, DATA_FIELDS, PATH_FIELDS, RESUME_NEUTRAL_FIELDS, ConfigError, TrainConfig, config_to_dict
+from trainers.plan import StepPlan
 
-# ---------------------------------------------------------------- checkpoints (exact resume)
+# ---------------------------------------------------------------- where checkpoints are
 
 
 def checkpoint_dir(out: str | Path, step: int) -> Path:
@@ -44,6 +44,9 @@ def resume_checkpoint(config: TrainConfig) -> Path | None:
     if not (path / "trainer_state.json").exists():
         raise ConfigError(f"--resume {config.resume}: not a checkpoint folder (no trainer_state.json)")
     return path
+
+
+# ---------------------------------------------------------------- save and load (exact resume)
 
 
 def save_checkpoint(out: str | Path, step: int, accelerator, model, optimizer, scheduler, config: TrainConfig,
@@ -148,6 +151,14 @@ def load_checkpoint(path: str | Path, accelerator, model, optimizer, scheduler, 
     return state
 
 
+def _tuples(value: Any) -> Any:
+    """random.setstate wants nested tuples; serialisation may hand back lists."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# ---------------------------------------------------------------- what a resume compares: path spellings, input fingerprints
+
+
 def _split_path(value: str) -> tuple[str, Path | None, str]:
     """``(prefix, existing path or None, suffix)`` of a path-valued option: ``pm:``/``ai:`` before the
     path (--reward), ``:WEIGHT`` after it (--data), both kept out of the path."""
@@ -171,6 +182,8 @@ def _spelling(value: Any) -> Any:
 
 
 def _path_spellings(config: dict[str, Any]) -> dict[str, Any]:
+    """The path-valued options of a config dict (PATH_FIELDS) with existing paths made absolute: what a
+    resume compares, so ``./d.jsonl`` and ``/abs/d.jsonl`` are the same option."""
     return {k: _spelling(config[k]) for k in PATH_FIELDS if k in config}
 
 
@@ -214,9 +227,7 @@ def _fingerprint(path: Path, stat_key: tuple) -> dict[str, Any]:
     return {"size": size, "sha256": digest.hexdigest()}
 
 
-def _tuples(value: Any) -> Any:
-    """random.setstate wants nested tuples; serialisation may hand back lists."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+# ---------------------------------------------------------------- the final model
 
 
 def save_final_model(out: str | Path, accelerator, model, tokenizer, summary: dict[str, Any] | None = None) -> Path:

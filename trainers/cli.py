@@ -1,25 +1,30 @@
-"""`cai train …`: one command per trainer, generated from the trainer's config dataclass.
+"""`cai train …`: one command per trainer, generated from the trainer's config (``jobs/config.py``).
 
 Every field of the config becomes an option (``lora_r`` → ``--lora-r``; booleans get ``--x/--no-x``;
 list fields are repeatable) with the field's help text, so a trainer documents its options once.
-Options given on the command line override the ``--config`` YAML file, which overrides the defaults.
+Options given on the command line override the ``--config`` YAML file, which overrides the defaults;
+the resolved config is written to OUT/config.yaml (loads back with ``--config``).
 
-To add a trainer: define ``@dataclass class XConfig(TrainConfig)`` in ``trainers/x.py`` (keep torch
-imports inside functions there, so ``cai --help`` stays fast) and append one entry to COMMANDS.
+To add a trainer: define ``class XConfig(TrainConfig)`` in ``trainers/x.py`` (keep torch imports inside
+functions there, so ``cai --help`` stays fast) and add one entry to COMMANDS.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import inspect
 import json
-import typing
+import os
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 
+from jobs.config import ConfigError, config_command, fail, save_config
+from trainers.config import CONFIG_FILE
+from trainers.dpo import DPOConfig  # config classes only: no torch at import
+from trainers.kto import KTOConfig
+from trainers.ppo import PPOConfig
 from trainers.preference_model import PMConfig
 from trainers.sft import SFTConfig
 
@@ -52,60 +57,6 @@ OUT then loads with AutoModelForSequenceClassification.from_pretrained(OUT); the
 accuracy and calibration (ECE) are in summary.json, the reliability plot in calibration.png.
 """
 
-# (command name, config class, "module:function" run lazily, help text). Other trainers append here.
-COMMANDS: list[tuple[str, type, str, str]] = [
-    ("sft", SFTConfig, "trainers.sft:train_sft", SFT_HELP),
-    ("pm", PMConfig, "trainers.preference_model:train_preference_model", PM_HELP),
-]
-
-
-def config_command(config_cls: type, target: str) -> Callable[..., None]:
-    """A Typer command function whose options are ``config_cls``'s fields, plus ``--config FILE`` and
-    ``--no-resume``. It builds the config with ``load_config`` and calls ``target`` ("module:func")."""
-    from trainers.config import ConfigError, load_config
-    from trainers.data import DataError
-
-    hints = typing.get_type_hints(config_cls)
-    params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
-                                default=typer.Option(None, "--config", metavar="FILE", help="YAML file of options (keys = option names); command-line options win"))]
-    for f in dataclasses.fields(config_cls):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
-        if f.default is not dataclasses.MISSING and f.default not in (None, "", []):
-            help_text += f"  [default: {f.default}]"
-        hint = hints[f.name]
-        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if type(None) in typing.get_args(hint) else hint
-        if base is bool:
-            option, annotation = typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False), Optional[bool]
-        elif typing.get_origin(base) is list:
-            option, annotation = typer.Option(None, flag, help=help_text + " (repeatable)", show_default=False, metavar="TEXT"), Optional[list[str]]
-        else:
-            option, annotation = typer.Option(None, flag, help=help_text, show_default=False, metavar={str: "TEXT"}.get(base, base.__name__.upper())), Optional[base]
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option))
-    params.append(inspect.Parameter("no_resume", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                                    default=typer.Option(False, "--no-resume", help="ignore checkpoints in OUT and start from step 0 (same as --resume never)")))
-
-    def command(**values: Any) -> None:
-        yaml_path = values.pop("config")
-        if values.pop("no_resume"):
-            values["resume"] = "never"
-        module_name, _, function_name = target.partition(":")
-        try:
-            config = load_config(config_cls, yaml_path, **values)
-            summary = getattr(importlib.import_module(module_name), function_name)(config)
-        except (ConfigError, DataError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        typer.echo(json.dumps(_brief(summary), indent=2, default=str))
-
-    command.__signature__ = inspect.Signature(params)
-    return command
-
-
-# ---- DPO and KTO (trainers/dpo.py, trainers/kto.py)
-from trainers.dpo import DPOConfig  # noqa: E402  (config dataclasses only: no torch at import)
-from trainers.kto import KTOConfig  # noqa: E402
-
 DPO_HELP = """Direct Preference Optimization on prompt/chosen/rejected rows, with per-example soft labels
 (p_chosen = the AI labeler's P(chosen ≻ rejected); absent → 1.0). Reference log-probs are computed once
 before training with the initial policy (or --ref-model) and cached in OUT: no second model in memory.
@@ -136,25 +87,6 @@ Metrics (OUT/metrics.jsonl): loss, kl (the reference point z0), rewards/desirabl
 rewards/margins (and eval_… on the eval split). Rerunning the same command continues from OUT/checkpoints.
 """
 
-COMMANDS.append(("dpo", DPOConfig, "trainers.dpo:train_dpo", DPO_HELP))
-COMMANDS.append(("kto", KTOConfig, "trainers.kto:train_kto", KTO_HELP))
-
-
-def _brief(value: Any) -> Any:
-    """The summary without its bulky parts (config, data mix, tables); OUT/summary.json has them all."""
-    if isinstance(value, dict):
-        return {k: _brief(v) for k, v in value.items() if k not in ("config", "data", "length", "calibration_table")}
-    return value
-
-
-# Registration: keep this loop last, after every COMMANDS entry.
-for _name, _config_cls, _target, _help in COMMANDS:
-    app.command(_name, help=_help)(config_command(_config_cls, _target))
-
-
-# ---- PPO / RLOO (trainers/ppo.py); registered here, after the loop above, so this stays an append.
-from trainers.ppo import PPOConfig  # noqa: E402  (config dataclass only: no torch at import)
-
 PPO_HELP = """Online RL against a preference model or a direct AI reward: PPO (GAE, value head, clipped
 surrogate, per-token KL penalty to the initial policy) or RLOO (k samples per prompt, leave-one-out
 baseline, sequence-level KL penalty, no value head).
@@ -180,5 +112,54 @@ samples.jsonl, ppo_curves.png and checkpoints/. Rerunning the same command conti
 checkpoint (policy, value head, optimizer, KL controller, reward statistics and RNG state).
 """
 
-COMMANDS.append(("ppo", PPOConfig, "trainers.ppo:train_ppo", PPO_HELP))
-app.command("ppo", help=PPO_HELP)(config_command(PPOConfig, "trainers.ppo:train_ppo"))
+# (command name, config class, "module:function" run lazily, help text)
+COMMANDS: list[tuple[str, type, str, str]] = [
+    ("sft", SFTConfig, "trainers.sft:train_sft", SFT_HELP),
+    ("pm", PMConfig, "trainers.preference_model:train_preference_model", PM_HELP),
+    ("dpo", DPOConfig, "trainers.dpo:train_dpo", DPO_HELP),
+    ("kto", KTOConfig, "trainers.kto:train_kto", KTO_HELP),
+    ("ppo", PPOConfig, "trainers.ppo:train_ppo", PPO_HELP),
+]
+
+NO_RESUME = inspect.Parameter("no_resume", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                              default=typer.Option(False, "--no-resume", help="ignore checkpoints in OUT and start from step 0 (same as --resume never)"))
+
+
+def _no_resume(values: dict) -> None:
+    if values.pop("no_resume"):
+        values["resume"] = "never"
+
+
+def _is_main_process() -> bool:
+    """Under accelerate/torchrun every rank runs this command; only rank 0 writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _runner(target: str, help_text: str):
+    """``run(config)``: save OUT/config.yaml, call the trainer ``target`` ("module:func"), print its summary."""
+
+    def run(config: Any) -> None:
+        from trainers.data import DataError
+
+        module_name, _, function_name = target.partition(":")
+        try:
+            if _is_main_process():
+                save_config(config, Path(config.out) / CONFIG_FILE)
+            summary = getattr(importlib.import_module(module_name), function_name)(config)
+        except (ConfigError, DataError) as exc:
+            raise fail(str(exc)) from None
+        typer.echo(json.dumps(_brief(summary), indent=2, default=str))
+
+    run.__doc__ = help_text
+    return run
+
+
+def _brief(value: Any) -> Any:
+    """The summary without its bulky parts (config, data mix, tables); OUT/summary.json has them all."""
+    if isinstance(value, dict):
+        return {k: _brief(v) for k, v in value.items() if k not in ("config", "data", "length", "calibration_table")}
+    return value
+
+
+for _name, _config_cls, _target, _help in COMMANDS:
+    app.command(_name, help=_help)(config_command(_config_cls, _runner(_target, _help), extra_params=(NO_RESUME,), prepare=_no_resume))

@@ -8,10 +8,11 @@ Rows are plain dicts in the toolkit's column conventions (``messages``; ``prompt
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
+
+from jobs.records import MessagesError, check_messages, read_jsonl
 
 WHERE = "_where"
 # Columns each kind of training data needs.
@@ -66,25 +67,12 @@ def resolve_source(source: str | Path, kind: str) -> Path:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open("rb") as handle:  # decoded line by line, so a non-UTF-8 byte is reported with its line
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{path}:{number}: not UTF-8 text (byte {raw[exc.start]:#04x} at position {exc.start + 1} of the line); "
-                                "save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
-            row[WHERE] = f"{path}:{number}"
-            rows.append(row)
-    return rows
+    return [{**row, WHERE: f"{path}:{number}"}
+            for number, row in read_jsonl(path, error=DataError, utf8_message=_not_utf8)]
+
+
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text (byte {raw[exc.start]:#04x} at position {exc.start + 1} of the line); save the file as UTF-8"
 
 
 def _read_datasets_folder(path: Path) -> list[dict[str, Any]]:
@@ -181,14 +169,13 @@ def validate_rows(rows: list[dict[str, Any]], kind: str) -> None:
 
 
 def _check_messages(row: dict[str, Any], column: str) -> None:
-    messages = row[column]
-    if isinstance(messages, str):  # a bare prompt string is a one-turn chat
-        row[column] = messages = [{"role": "user", "content": messages}]
-    if not isinstance(messages, list) or not messages:
-        _fail(row, f"`{column}` must be a non-empty list of {{role, content}} messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
-            _fail(row, f"`{column}[{i}]` must be {{\"role\": str, \"content\": str}}, got {message!r:.80}")
+    try:
+        messages = check_messages(row[column], column, string_role="user")  # a bare prompt string is a one-turn chat
+    except MessagesError as exc:
+        path, _, problem = str(exc).partition(": ")
+        _fail(row, f"`{path}`: {problem}")
+    if isinstance(row[column], str):
+        row[column] = messages
 
 
 def _check_response(row: dict[str, Any], column: str) -> None:

@@ -11,23 +11,29 @@ The KL estimate: every row gets a fixed *mismatched* partner, its prompt with an
 before training, the reference log-probs of the mismatched pairs are precomputed with the others.
 
 ``--balance`` sets ``λ_U = λ_D · n_D / n_U`` so both classes weigh the same in total (the paper's advice
-when the classes are unbalanced). The reference options are the same as DPO's (see trainers/dpo.py,
-whose log-prob and reference helpers this file uses).
+when the classes are unbalanced). The reference options are the same as DPO's (trainers/dpo.py); the
+log-prob and reference helpers both use are in trainers/reference.py.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from trainers.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint, save_final_model
 from trainers.config import ConfigError, TrainConfig, config_to_dict, opt
-from trainers.metrics import MetricsLogger, progress_bar
-from trainers.models import disable_dropout, load_model_and_tokenizer, make_accelerator, make_optimizer_and_scheduler, model_options, set_seed
-from trainers.plan import plan_steps
 from trainers.data import DataError, LengthReport, train_and_eval_rows
-from trainers.dpo import (
+from trainers.metrics import MetricsLogger, progress_bar
+from trainers.models import (
+    disable_dropout,
+    load_model_and_tokenizer,
+    make_accelerator,
+    make_optimizer_and_scheduler,
+    model_options,
+    set_seed,
+)
+from trainers.plan import plan_steps
+from trainers.reference import (
     collate_sequences,
     load_reference_model,
     reference_context,
@@ -37,7 +43,6 @@ from trainers.dpo import (
 )
 
 
-@dataclass
 class KTOConfig(TrainConfig):
     """Options of `cai train kto` (plus those of TrainConfig)."""
 

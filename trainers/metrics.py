@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import METRICS_FILE, TrainConfig, config_to_dict
-
-# ---------------------------------------------------------------- metrics and progress
+from trainers.config import METRICS_FILE, TrainConfig, config_to_dict
 
 
 class MetricsLogger:
@@ -75,5 +73,3 @@ def progress_bar(total: int, initial: int = 0, desc: str = "train", quiet: bool 
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=quiet, dynamic_ncols=True)
-
-

@@ -1,4 +1,4 @@
-"""Model loading (safetensors only, optional LoRA), dropout off, the accelerator, optimizer and LR schedule."""
+"""Seeding, model loading (safetensors only, optional LoRA), dropout off, the accelerator, optimizer and LR schedule."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig
-
-# ---------------------------------------------------------------- model, accelerator, optimizer
+from trainers.config import ConfigError, TrainConfig
 
 
 def set_seed(seed: int) -> None:
@@ -201,5 +199,3 @@ def make_optimizer_and_scheduler(model, config: TrainConfig, total_steps: int):
     warmup = round(config.warmup_ratio * total_steps)
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max(total_steps, 1))
     return optimizer, scheduler
-
-

@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import ConfigError, TrainConfig
-
-# ---------------------------------------------------------------- the step plan (data order)
+from trainers.config import ConfigError, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -48,5 +46,3 @@ def plan_steps(n_rows: int, config: TrainConfig) -> StepPlan:
     per_epoch = math.ceil(n_rows / (config.batch_size * config.grad_accum))
     total = config.max_steps if config.max_steps else max(1, math.ceil(config.epochs * per_epoch))
     return StepPlan(n_rows, config.batch_size, config.grad_accum, config.seed, per_epoch, total)
-
-

@@ -3,13 +3,15 @@
 One iteration, top to bottom (``train_ppo``):
 
 1. rollout — take the next ``batch_size`` prompts (RLOO: each ``rloo_k`` times), sample one response
-   each from the current policy (``trainers/rollout.py``);
+   each from the current policy, and score its tokens with the policy and the reference
+   (``trainers/rollout.py``);
 2. reward — score every (prompt, response) with the reward function (``trainers/rewards.py``), subtract
    ``missing_eos_penalty`` from responses cut at ``max_new_tokens``, normalise by the running mean/std;
 3. advantages — PPO: per-token reward ``−β·(log π − log π_ref)`` plus the score at the last token, GAE
    over the value head's estimates, whitened; RLOO: sequence reward ``score − β·Σ(log π − log π_ref)``,
-   advantage ``r_i − mean of the other k − 1 samples`` on every token;
-4. update — ``ppo_epochs`` passes of shuffled minibatches: clipped surrogate (+ clipped value loss);
+   advantage ``r_i − mean of the other k − 1 samples`` on every token (``trainers/ppo_update.py``);
+4. update — ``ppo_epochs`` passes of shuffled minibatches: clipped surrogate (+ clipped value loss)
+   (``trainers/ppo_update.py``; the losses themselves are in ``trainers/losses.py``);
 5. β follows the KL controller (fixed, or adaptive towards ``target_kl``); metrics, samples, plot,
    checkpoint.
 
@@ -24,27 +26,37 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import field_validator
 
 from trainers.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint, save_final_model
-from trainers.config import ConfigError, load_config, opt
+from trainers.config import ConfigError, TrainBase, opt
 from trainers.metrics import MetricsLogger, progress_bar, read_metrics
-from trainers.models import disable_dropout, load_model_and_tokenizer, make_accelerator, make_optimizer_and_scheduler, model_options, set_seed
+from trainers.models import (
+    disable_dropout,
+    load_model_and_tokenizer,
+    make_accelerator,
+    make_optimizer_and_scheduler,
+    model_options,
+    set_seed,
+)
 from trainers.plan import StepPlan
 
 SAMPLES_FILE = "samples.jsonl"
 PLOT_FILE = "ppo_curves.png"
 
 
-@dataclass
-class PPOConfig:
+class PPOConfig(TrainBase):
+    """Options of `cai train ppo`: TrainBase (model, out, optimiser, LoRA, checkpoints) plus these."""
+
     # what to train, against what
     prompts: list[str] = opt([], "prompt file(s): JSONL rows with `prompt` or `messages`, or plain text, one prompt per line; repeatable", required=True)
     model: str = opt("", "policy to start from: `smollm2-135m` (embedded), a local folder or a cached Hub id (usually your SFT model)", required=True)
     reward: str = opt("", "pm:PATH (preference model from `cai train pm`) | ai:LABELER_MODEL (d-RLAIF 1–10 score) | py:module:function", required=True)
     out: str = opt("", "output folder: final policy + tokenizer, metrics.jsonl, samples.jsonl, ppo_curves.png, checkpoints/", required=True)
-    algo: str = opt("ppo", "ppo (GAE with a value head) | rloo (REINFORCE leave-one-out over rloo_k samples per prompt, no value head)")
+    algo: Literal["ppo", "rloo"] = opt("ppo", "ppo (GAE with a value head) | rloo (REINFORCE leave-one-out over rloo_k samples per prompt, no value head)")
     # rollouts
     iterations: int = opt(100, "rollout-and-update iterations")
     batch_size: int = opt(8, "prompts per iteration (RLOO samples each rloo_k times)")
@@ -54,17 +66,14 @@ class PPOConfig:
     temperature: float = opt(1.0, "sampling temperature (> 0); log-probs are taken at the same temperature")
     missing_eos_penalty: float = opt(0.0, "subtracted from the score of a response that reached max_new_tokens without EOS")
     generation_batch_size: int = opt(32, "sequences generated (and scored by the policy) at once")
-    # optimisation
+    # optimisation (lr, weight_decay, max_grad_norm, LoRA, seed … come from TrainBase)
     ppo_epochs: int = opt(4, "passes over each rollout batch")
     minibatch_size: int = opt(8, "sequences per optimizer step")
-    lr: float = opt(1e-5, "learning rate (AdamW)")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    lr_schedule: str = opt("constant", "learning-rate schedule: constant | linear | cosine")
+    lr_schedule: Literal["constant", "linear", "cosine"] = opt("constant", "learning-rate schedule: constant | linear | cosine")
     warmup_ratio: float = opt(0.0, "fraction of the optimizer steps used for linear warm-up")
-    max_grad_norm: float = opt(1.0, "clip the gradient norm to this value (0 = no clipping)")
     # the algorithm
     kl_coef: float = opt(0.05, "β: weight of the KL(π‖π_ref) penalty (initial value when target_kl is set)")
-    target_kl: float | None = opt(None, "adapt β towards this KL per sequence (Ziegler et al.); unset = fixed β")
+    target_kl: Optional[float] = opt(None, "adapt β towards this KL per sequence (Ziegler et al.); unset = fixed β")
     kl_horizon: int = opt(10000, "adaptive KL controller horizon, in samples")
     gamma: float = opt(1.0, "PPO: discount γ for GAE")
     lam: float = opt(0.95, "PPO: GAE λ")
@@ -76,34 +85,21 @@ class PPOConfig:
     separate_value_model: bool = opt(False, "PPO: value head on its own copy of the backbone instead of sharing the policy's")
     # reward options
     reward_batch_size: int = opt(16, "responses scored at once by a pm: or ai: reward")
-    ai_principle: str | None = opt(None, "ai: reward: the question the labeler rates each response on")
-    constitution: str | None = opt(None, "ai: reward: constitution (name or YAML) whose first feedback principle is the question")
-    # model
-    lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning; then a frozen copy of the initial policy is the reference)")
-    lora_alpha: int = opt(16, "LoRA alpha")
-    lora_dropout: float = opt(0.0, "LoRA dropout")
-    lora_target_modules: list[str] = opt([], "module names LoRA adapts (default: all linear layers); repeatable")
-    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory, slower)")
-    bf16: bool = opt(True, "bf16 autocast when a CUDA GPU is present (ignored on CPU)")
-    trust_remote_code: bool = opt(False, "allow model code from the model folder to run")
-    # run
-    seed: int = opt(0, "seed for initialisation, prompt order and sampling")
+    ai_principle: Optional[str] = opt(None, "ai: reward: the question the labeler rates each response on")
+    constitution: Optional[str] = opt(None, "ai: reward: constitution (name or YAML) whose first feedback principle is the question")
+    # run (the rest comes from TrainBase); a step is one iteration
     save_every: int = opt(10, "checkpoint every this many iterations")
-    keep_checkpoints: int = opt(2, "how many recent checkpoints to keep")
-    resume: str = opt("auto", "auto (continue from the latest checkpoint in OUT) | never | PATH of a checkpoint")
-    stop_after_steps: int | None = opt(None, "end this run after this many iterations (a checkpoint is saved; rerun to continue)")
+    stop_after_steps: Optional[int] = opt(None, "end this run after this many iterations (a checkpoint is saved; rerun to continue)", transient=True)
     sample_every: int = opt(10, "write sample responses to samples.jsonl every this many iterations")
     plot_every: int = opt(10, "refresh ppo_curves.png every this many iterations")
-    log_with: str = opt("none", "also log to: none | tensorboard | wandb (metrics.jsonl is always written)")
-    quiet: bool = opt(False, "no progress bar")
 
-    def __post_init__(self) -> None:
-        if isinstance(self.prompts, str):
-            self.prompts = [self.prompts]
-        choices = {"algo": ("ppo", "rloo"), "lr_schedule": ("constant", "linear", "cosine"), "log_with": ("none", "tensorboard", "wandb")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    def __post_init__(self) -> None:  # choices (algo, lr_schedule, log_with) are checked by their Literal types
+        super().__post_init__()
         for name in ("iterations", "batch_size", "max_new_tokens", "max_prompt_tokens", "ppo_epochs", "minibatch_size",
                      "generation_batch_size", "reward_batch_size", "save_every", "sample_every", "plot_every"):
             if getattr(self, name) < 1:
@@ -124,8 +120,7 @@ class PPOConfig:
         return self.batch_size * (self.rloo_k if self.algo == "rloo" else 1)
 
 
-def _chunks(n: int, size: int):
-    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+# ---------------------------------------------------------------- outputs: samples.jsonl, ppo_curves.png, value head
 
 
 def _keep_lines_up_to(path: Path, step: int) -> None:
@@ -169,20 +164,26 @@ def write_plot(out: str | Path) -> Path | None:
     return path
 
 
-def _load_reward(config: PPOConfig, device):
-    from trainers.rewards import AIScoreReward, load_reward
+def _write_samples(out: Path, step: int, conversations, roll, scores, n: int = 4) -> None:
+    """Append the first ``n`` (prompt, response, score) of an iteration to OUT/samples.jsonl."""
+    with open(out / SAMPLES_FILE, "a", encoding="utf-8") as f:
+        for i in range(min(n, len(roll))):
+            f.write(json.dumps({"step": step, "prompt": conversations[i], "response": roll.response_texts[i],
+                                "score": float(scores[i]), "finished": bool(roll.finished[i])}, ensure_ascii=False) + "\n")
 
-    if config.reward.startswith("ai:"):
-        options = {"batch_size": config.reward_batch_size}
-        if config.ai_principle:
-            options["principle"] = config.ai_principle
-        if config.constitution:
-            from constitution.loader import resolve_constitution
 
-            options["constitution"] = resolve_constitution(config.constitution)
-        engine_options = {"device": str(device)} if str(device) != "cpu" else {}
-        return AIScoreReward(config.reward[3:], engine_options=engine_options, score_options=options)
-    return load_reward(config.reward, device=device, batch_size=config.reward_batch_size, trust_remote_code=config.trust_remote_code)
+def _save_value_head(out: Path, inner) -> None:
+    """The PPO value head as OUT/value_head.safetensors, for inspection or reuse (a separate value backbone
+    is not saved)."""
+    if inner.value_head is None:
+        return
+    from safetensors.torch import save_file
+
+    weights = {f"value_head.{k}": v.detach().cpu().contiguous() for k, v in inner.value_head.state_dict().items()}
+    save_file(weights, str(out / "value_head.safetensors"))
+
+
+# ---------------------------------------------------------------- training
 
 
 def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
@@ -194,15 +195,10 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
     import torch
 
     from generators.inputs import PromptFileError, read_prompts
-    from trainers.losses import (
-        AdaptiveKLController, compute_gae, kl_penalized_rewards, masked_mean, ppo_policy_loss, ppo_value_loss,
-        rloo_advantages, whiten,
-    )
-    from trainers.rewards import RewardSpecError, RunningMoments
-    from trainers.rollout import (
-        PolicyAndValue, ValueHead, backbone_hidden, concat_rollouts, eos_token_ids, render_prompt_ids, response_logprobs,
-        sample_rollout, split_causal_lm,
-    )
+    from trainers.losses import AdaptiveKLController, masked_mean
+    from trainers.ppo_update import compute_advantages, ppo_update
+    from trainers.rewards import RewardSpecError, RunningMoments, reward_from_config
+    from trainers.rollout import PolicyAndValue, ValueHead, eos_token_ids, render_prompt_ids, sample_rollouts, score_rollout
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +229,7 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
     if reference is not None:
         reference.to(accelerator.device)
     try:
-        reward = reward_fn or _load_reward(config, accelerator.device)
+        reward = reward_fn or reward_from_config(config, accelerator.device)
     except RewardSpecError as e:
         raise ConfigError(str(e)) from None
     reward_name = getattr(reward, "name", getattr(reward, "__name__", "custom"))
@@ -257,28 +253,6 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
     logger = MetricsLogger(out, config, resume_step=start)
     _keep_lines_up_to(out / SAMPLES_FILE, start)
 
-    @torch.no_grad()
-    def score_rollout(roll):
-        """Old log-probs, entropy and values (current policy) and reference log-probs, in chunks."""
-        model.eval()
-        logp, ref_logp, values, entropy = [], [], [], []
-        for idx in _chunks(len(roll), config.generation_batch_size):
-            part = roll.select(idx)
-            with accelerator.autocast():
-                lp, v, ent = model(part, config.temperature, with_values=True, with_entropy=True)
-                if reference is None:  # LoRA: the reference is the policy with its adapters off
-                    with inner.policy.disable_adapter():
-                        ref, _, _ = model(part, config.temperature, with_values=False)
-                else:
-                    backbone, head = split_causal_lm(reference)
-                    ref, _ = response_logprobs(head, backbone_hidden(backbone, part, accelerator.device), part.response_ids, config.temperature)
-            logp.append(lp.float().cpu())
-            ref_logp.append(ref.float().cpu())
-            entropy.append(ent.cpu())
-            values.append(v.float().cpu() if v is not None else torch.zeros_like(lp).cpu())
-        model.train()
-        return torch.cat(logp), torch.cat(ref_logp), torch.cat(values), torch.cat(entropy)
-
     bar = progress_bar(config.iterations, initial=start, desc=config.algo, quiet=config.quiet)
     model.train()
     last = start
@@ -288,10 +262,8 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
         rows = plan.micro_batches(step)[0]
         if config.algo == "rloo":
             rows = [r for r in rows for _ in range(config.rloo_k)]  # the k samples of a prompt side by side
-        rolls = [sample_rollout(inner.policy, tokenizer, [prompt_ids[rows[i]] for i in idx], max_new_tokens=config.max_new_tokens,
-                                temperature=config.temperature, eos_ids=eos_ids, pad_id=pad_id)
-                 for idx in _chunks(len(rows), config.generation_batch_size)]
-        roll = concat_rollouts(rolls, pad_id)
+        roll = sample_rollouts(inner.policy, tokenizer, [prompt_ids[r] for r in rows], chunk_size=config.generation_batch_size,
+                               max_new_tokens=config.max_new_tokens, temperature=config.temperature, eos_ids=eos_ids, pad_id=pad_id)
         mask = roll.response_mask.float()
         t1 = time.perf_counter()
 
@@ -304,51 +276,18 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
         t2 = time.perf_counter()
 
         # ---- 3. advantages ---------------------------------------------------------------------------
-        old_logp, ref_logp, old_values, entropy = score_rollout(roll)
+        old_logp, ref_logp, old_values, entropy = score_rollout(model, reference, roll, accelerator, config.temperature,
+                                                                config.generation_batch_size)
         t3 = time.perf_counter()
         if config.normalize_rewards:
             moments.update(scores)
             scores = moments.normalize(scores)
         beta = kl_ctl.value
-        if config.algo == "ppo":
-            token_rewards, kl = kl_penalized_rewards(scores, old_logp, ref_logp, mask, beta)
-            advantages, returns = compute_gae(token_rewards, old_values, mask, config.gamma, config.lam)
-            if config.whiten_advantages:
-                advantages = whiten(advantages, mask)
-        else:
-            kl = (old_logp - ref_logp) * mask
-            seq_adv = rloo_advantages(scores - beta * kl.sum(-1), config.rloo_k)
-            if config.whiten_advantages:
-                seq_adv = whiten(seq_adv, torch.ones_like(seq_adv))
-            advantages, returns = seq_adv[:, None] * mask, None
+        advantages, returns, kl = compute_advantages(config, scores, old_logp, ref_logp, old_values, mask, beta)
         seq_kl = kl.sum(-1)
 
         # ---- 4. update ------------------------------------------------------------------------------
-        stats: dict[str, list[float]] = {"policy_loss": [], "clip_fraction": [], "approx_kl": [], "value_loss": [], "value_clip_fraction": []}
-        for _epoch in range(config.ppo_epochs):
-            order = torch.randperm(len(rows)).tolist()
-            for start_mb in range(0, len(order), config.minibatch_size):
-                idx = order[start_mb : start_mb + config.minibatch_size]
-                part, m = roll.select(idx), mask[idx].to(accelerator.device)
-                with accelerator.autocast():
-                    logp, values, _ = model(part, config.temperature, with_values=config.algo == "ppo")
-                    pg = ppo_policy_loss(logp, old_logp[idx].to(logp.device), advantages[idx].to(logp.device), m, config.clip_range)
-                    loss = pg.loss
-                    if values is not None:
-                        v_loss, v_clip = ppo_value_loss(values, old_values[idx].to(logp.device), returns[idx].to(logp.device), m, config.value_clip_range)
-                        loss = loss + config.vf_coef * v_loss
-                        stats["value_loss"].append(v_loss.item())
-                        stats["value_clip_fraction"].append(v_clip.item())
-                accelerator.backward(loss)
-                if config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                lr = scheduler.get_last_lr()[0]  # the rate this update used (before the schedule moves on)
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                stats["policy_loss"].append(pg.loss.item())
-                stats["clip_fraction"].append(pg.clip_fraction.item())
-                stats["approx_kl"].append(pg.approx_kl.item())
+        stats, lr = ppo_update(model, optimizer, scheduler, accelerator, roll, mask, old_logp, old_values, advantages, returns, config)
         t4 = time.perf_counter()
 
         # ---- 5. KL controller, logs, checkpoint -----------------------------------------------------
@@ -357,7 +296,7 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
             "reward": raw_scores.mean().item(), "reward_std": raw_scores.std(unbiased=False).item(),
             "kl": seq_kl.mean().item(), "kl_coef": beta, "entropy": masked_mean(entropy, mask).item(),
             "response_length": mask.sum(-1).mean().item(), "eos_fraction": roll.finished.float().mean().item(),
-            **{k: sum(v) / len(v) for k, v in stats.items() if v},
+            **stats,
             "lr": lr, "rollout_s": t1 - t0, "reward_s": t2 - t1, "logprobs_s": t3 - t2,
             "update_s": t4 - t3, "samples_per_s": len(rows) / (t4 - t0),
         }
@@ -386,29 +325,7 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
         "last_kl": records[-1]["kl"] if records else None, "kl_coef": kl_ctl.value,
     }
     if last >= config.iterations:
-        _save_value_head(torch, out, inner)
+        _save_value_head(out, inner)
         save_final_model(out, accelerator, inner.policy, tokenizer, summary=summary)
     return summary
 
-
-def _write_samples(out: Path, step: int, conversations, roll, scores, n: int = 4) -> None:
-    with open(out / SAMPLES_FILE, "a", encoding="utf-8") as f:
-        for i in range(min(n, len(roll))):
-            f.write(json.dumps({"step": step, "prompt": conversations[i], "response": roll.response_texts[i],
-                                "score": float(scores[i]), "finished": bool(roll.finished[i])}, ensure_ascii=False) + "\n")
-
-
-def _save_value_head(torch, out: Path, inner) -> None:
-    """The PPO value head (and separate value backbone) as OUT/value_head.safetensors, for inspection or reuse."""
-    if inner.value_head is None:
-        return
-    from safetensors.torch import save_file
-
-    weights = {f"value_head.{k}": v.detach().cpu().contiguous() for k, v in inner.value_head.state_dict().items()}
-    save_file(weights, str(out / "value_head.safetensors"))
-
-
-def run_from_cli(yaml_path: str | None = None, **options) -> dict:
-    """Entry point for ``cai train ppo``: defaults < YAML < command-line options."""
-    config = load_config(PPOConfig, yaml_path, **options)
-    return train_ppo(config)

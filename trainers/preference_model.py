@@ -20,19 +20,24 @@ plot written to OUT/calibration.png.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from labelers.calibration import calibration_table, plot_reliability
 from trainers.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint, save_final_model
 from trainers.config import TrainConfig, config_to_dict, opt
-from trainers.metrics import MetricsLogger, progress_bar
-from trainers.models import load_model_and_tokenizer, make_accelerator, make_optimizer_and_scheduler, model_options, set_seed
-from trainers.plan import plan_steps
 from trainers.data import LengthReport, pad_right, tokenize_messages, train_and_eval_rows
+from trainers.metrics import MetricsLogger, progress_bar
+from trainers.models import (
+    load_model_and_tokenizer,
+    make_accelerator,
+    make_optimizer_and_scheduler,
+    model_options,
+    set_seed,
+)
+from trainers.plan import plan_steps
 
 
-@dataclass
 class PMConfig(TrainConfig):
     """Options of `cai train pm` (plus those of TrainConfig)."""
 
@@ -82,24 +87,6 @@ def pairwise_accuracy(margin, p) -> tuple[int, int]:
     return int(((margin > 0) == (p > 0.5))[decided].sum()), int(decided.sum())
 
 
-def expected_calibration_error(predicted, target, bins: int) -> tuple[float, list[dict[str, float]]]:
-    """ECE = Σ_b (n_b / N) · |mean(predicted in b) − mean(target in b)| over equal-width bins of the
-    predicted probability; returns it and the per-bin table (for the reliability plot)."""
-    import numpy as np
-
-    predicted, target = np.asarray(predicted, dtype=float), np.asarray(target, dtype=float)
-    index = np.minimum((predicted * bins).astype(int), bins - 1)
-    table, ece = [], 0.0
-    for b in range(bins):
-        members = index == b
-        if members.any():
-            gap = abs(predicted[members].mean() - target[members].mean())
-            ece += members.mean() * gap
-            table.append({"bin": b, "count": int(members.sum()), "predicted": float(predicted[members].mean()),
-                          "target": float(target[members].mean())})
-    return float(ece), table
-
-
 def evaluate_pairs(model, pairs: list[dict[str, Any]], config: PMConfig, pad_token_id: int, device) -> dict[str, Any]:
     """Loss, pairwise accuracy vs hard labels, mean margin, and ECE vs soft and hard labels."""
     import torch
@@ -118,8 +105,8 @@ def evaluate_pairs(model, pairs: list[dict[str, Any]], config: PMConfig, pad_tok
     decided = p != 0.5
     hard = (p > 0.5).float()
     predicted = torch.sigmoid(margin)
-    ece_soft, table_soft = expected_calibration_error(predicted.numpy(), p.numpy(), config.calibration_bins)
-    ece_hard, table_hard = expected_calibration_error(predicted[decided].numpy(), hard[decided].numpy(), config.calibration_bins)
+    ece_soft, table_soft = calibration_table(predicted.tolist(), p.tolist(), config.calibration_bins)
+    ece_hard, table_hard = calibration_table(predicted[decided].tolist(), hard[decided].tolist(), config.calibration_bins)
     correct, counted = pairwise_accuracy(margin, p)
     accuracy = correct / counted if counted else None
     return {
@@ -136,24 +123,9 @@ def evaluate_pairs(model, pairs: list[dict[str, Any]], config: PMConfig, pad_tok
 
 def plot_calibration(tables: dict[str, list[dict[str, float]]], path: Path) -> None:
     """Reliability diagram: mean predicted σ(margin) per bin vs the mean label in that bin."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(4.5, 4.5))
-    axes.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
-    for name, table in tables.items():
-        if table:
-            axes.plot([r["predicted"] for r in table], [r["target"] for r in table], marker="o", label=f"vs {name} labels")
-    axes.set_xlabel("predicted P(chosen ≻ rejected) = σ(margin)")
-    axes.set_ylabel("label (mean per bin)")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1)
-    axes.legend(loc="upper left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    plot_reliability({f"vs {name} labels": table for name, table in tables.items()}, path,
+                     xlabel="predicted P(chosen ≻ rejected) = σ(margin)", ylabel="label (mean per bin)",
+                     legend="upper left", dpi=100)
 
 
 # ---------------------------------------------------------------- training

@@ -144,6 +144,22 @@ def load_reward(spec: str, *, device="cpu", batch_size: int = 16, trust_remote_c
     raise RewardSpecError(f"--reward {spec!r}: unknown kind {kind!r}; expected pm:, ai: or py:")
 
 
+def reward_from_config(config, device) -> Callable:
+    """The reward function of a PPOConfig: ``load_reward(config.reward)``, with an ``ai:`` labeler also
+    given ``--ai-principle`` / ``--constitution`` and ``--reward-batch-size``."""
+    if config.reward.startswith("ai:"):
+        options = {"batch_size": config.reward_batch_size}
+        if config.ai_principle:
+            options["principle"] = config.ai_principle
+        if config.constitution:
+            from constitution.loader import resolve_constitution
+
+            options["constitution"] = resolve_constitution(config.constitution)
+        engine_options = {"device": str(device)} if str(device) != "cpu" else {}
+        return AIScoreReward(config.reward[3:], engine_options=engine_options, score_options=options)
+    return load_reward(config.reward, device=device, batch_size=config.reward_batch_size, trust_remote_code=config.trust_remote_code)
+
+
 class RunningMoments:
     """Running mean and variance of every score seen so far (Chan et al.'s parallel update), used to
     normalise rewards: ``(score − mean) / std``. Its state is checkpointed with the run."""

@@ -1,7 +1,7 @@
 """Rollouts for online RL (PPO / RLOO): sample responses from the policy, then score them token by token.
 
-Plumbing, not algorithm: ``trainers/ppo.py`` calls these and feeds the tensors to the pure losses in
-``trainers/losses.py``. Conventions (shared with the losses):
+Plumbing, not algorithm: ``trainers/ppo.py`` calls these and hands the tensors to ``trainers/ppo_update.py``
+(advantages, the update) and the pure losses in ``trainers/losses.py``. Conventions (shared with the losses):
 
 - prompts are left-padded ``[B, P]`` (so every response starts at column ``P``), responses are
   ``[B, R]`` with ``response_mask`` 1 up to and including the first EOS and 0 after it;
@@ -136,6 +136,20 @@ def sample_rollout(
     return Rollout(ids, mask, response_ids, response_mask, finished, [t.strip() for t in texts])
 
 
+def chunks(n: int, size: int) -> list[list[int]]:
+    """``[0, n)`` in consecutive index lists of at most ``size``."""
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
+def sample_rollouts(model, tokenizer, prompt_ids: list[list[int]], *, chunk_size: int, max_new_tokens: int,
+                    temperature: float, eos_ids: list[int], pad_id: int) -> Rollout:
+    """:func:`sample_rollout` over ``chunk_size`` prompts at a time, joined into one Rollout."""
+    rolls = [sample_rollout(model, tokenizer, [prompt_ids[i] for i in idx], max_new_tokens=max_new_tokens,
+                            temperature=temperature, eos_ids=eos_ids, pad_id=pad_id)
+             for idx in chunks(len(prompt_ids), chunk_size)]
+    return concat_rollouts(rolls, pad_id)
+
+
 # ---- per-token log-probs and values -----------------------------------------------------------------
 
 
@@ -231,3 +245,30 @@ class PolicyAndValue(nn.Module):
                 hidden = backbone_hidden(self.value_backbone, roll, device)
             values = self.value_head(hidden)
         return logp, values, entropy
+
+
+@torch.no_grad()
+def score_rollout(model, reference, roll: Rollout, accelerator, temperature: float, chunk_size: int):
+    """``(old log-probs, reference log-probs, values, entropy)`` of a rollout, each ``[B, R]`` on the CPU,
+    ``chunk_size`` sequences at a time, in eval mode. ``model`` is the prepared PolicyAndValue (values are
+    zeros without a value head); ``reference`` is a frozen causal LM, or None with LoRA, where the
+    reference is the policy with its adapters switched off."""
+    inner = accelerator.unwrap_model(model)
+    model.eval()
+    logp, ref_logp, values, entropy = [], [], [], []
+    for idx in chunks(len(roll), chunk_size):
+        part = roll.select(idx)
+        with accelerator.autocast():
+            lp, v, ent = model(part, temperature, with_values=True, with_entropy=True)
+            if reference is None:  # LoRA: the reference is the policy with its adapters off
+                with inner.policy.disable_adapter():
+                    ref, _, _ = model(part, temperature, with_values=False)
+            else:
+                backbone, head = split_causal_lm(reference)
+                ref, _ = response_logprobs(head, backbone_hidden(backbone, part, accelerator.device), part.response_ids, temperature)
+        logp.append(lp.float().cpu())
+        ref_logp.append(ref.float().cpu())
+        entropy.append(ent.cpu())
+        values.append(v.float().cpu() if v is not None else torch.zeros_like(lp).cpu())
+    model.train()
+    return torch.cat(logp), torch.cat(ref_logp), torch.cat(values), torch.cat(entropy)

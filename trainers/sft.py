@@ -13,18 +13,22 @@ torch is imported inside the functions so that ``SFTConfig`` (and ``cai --help``
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from trainers.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint, save_final_model
 from trainers.config import TrainConfig, config_to_dict, opt
-from trainers.metrics import MetricsLogger, progress_bar
-from trainers.models import load_model_and_tokenizer, make_accelerator, make_optimizer_and_scheduler, model_options, set_seed
-from trainers.plan import plan_steps
 from trainers.data import LengthReport, pad_right, tokenize_messages, train_and_eval_rows
+from trainers.metrics import MetricsLogger, progress_bar
+from trainers.models import (
+    load_model_and_tokenizer,
+    make_accelerator,
+    make_optimizer_and_scheduler,
+    model_options,
+    set_seed,
+)
+from trainers.plan import plan_steps
 
 
-@dataclass
 class SFTConfig(TrainConfig):
     """Options of `cai train sft` (plus those of TrainConfig)."""
 

@@ -1,0 +1,73 @@
+"""Steps 3 and 4 of a PPO / RLOO iteration (``trainers/ppo.py``): advantages from the rollout's scores and
+log-probs, then the clipped-surrogate update passes over the rollout batch.
+
+The arithmetic is in ``trainers/losses.py`` (pure functions, looked up at call time); this module wires
+it to the config, the prepared model and the optimizer. torch is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+
+def compute_advantages(config, scores, old_logp, ref_logp, old_values, mask, beta: float):
+    """``(advantages [B, R], returns [B, R] or None, per-token KL [B, R])`` of a scored rollout.
+
+    PPO: per-token reward ``−β·(log π − log π_ref)`` plus the score at the last token, GAE over the value
+    head's estimates (``gamma``, ``lam``). RLOO: sequence reward ``score − β·Σ(log π − log π_ref)``, advantage
+    ``r_i − mean of the other k − 1 samples of its prompt`` on every token, no returns (no value head).
+    Both are whitened over the batch with ``--whiten-advantages``.
+    """
+    import torch
+
+    from trainers.losses import compute_gae, kl_penalized_rewards, rloo_advantages, whiten
+
+    if config.algo == "ppo":
+        token_rewards, kl = kl_penalized_rewards(scores, old_logp, ref_logp, mask, beta)
+        advantages, returns = compute_gae(token_rewards, old_values, mask, config.gamma, config.lam)
+        if config.whiten_advantages:
+            advantages = whiten(advantages, mask)
+        return advantages, returns, kl
+    kl = (old_logp - ref_logp) * mask
+    seq_adv = rloo_advantages(scores - beta * kl.sum(-1), config.rloo_k)
+    if config.whiten_advantages:
+        seq_adv = whiten(seq_adv, torch.ones_like(seq_adv))
+    return seq_adv[:, None] * mask, None, kl
+
+
+def ppo_update(model, optimizer, scheduler, accelerator, roll, mask, old_logp, old_values, advantages, returns,
+               config) -> tuple[dict[str, float], float]:
+    """``config.ppo_epochs`` passes over the rollout in shuffled minibatches of ``config.minibatch_size``,
+    one optimizer (and scheduler) step each: clipped surrogate, plus ``vf_coef ×`` the clipped value loss
+    for PPO. Returns the mean of each statistic over the updates (policy_loss, clip_fraction, approx_kl,
+    and for PPO value_loss, value_clip_fraction) and the learning rate the last update used."""
+    import torch
+
+    from trainers.losses import ppo_policy_loss, ppo_value_loss
+
+    stats: dict[str, list[float]] = {"policy_loss": [], "clip_fraction": [], "approx_kl": [], "value_loss": [], "value_clip_fraction": []}
+    lr = 0.0
+    for _epoch in range(config.ppo_epochs):
+        order = torch.randperm(len(roll)).tolist()
+        for start in range(0, len(order), config.minibatch_size):
+            idx = order[start : start + config.minibatch_size]
+            part, m = roll.select(idx), mask[idx].to(accelerator.device)
+            with accelerator.autocast():
+                logp, values, _ = model(part, config.temperature, with_values=config.algo == "ppo")
+                pg = ppo_policy_loss(logp, old_logp[idx].to(logp.device), advantages[idx].to(logp.device), m, config.clip_range)
+                loss = pg.loss
+                if values is not None:
+                    v_loss, v_clip = ppo_value_loss(values, old_values[idx].to(logp.device), returns[idx].to(logp.device), m,
+                                                    config.value_clip_range)
+                    loss = loss + config.vf_coef * v_loss
+                    stats["value_loss"].append(v_loss.item())
+                    stats["value_clip_fraction"].append(v_clip.item())
+            accelerator.backward(loss)
+            if config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            lr = scheduler.get_last_lr()[0]  # the rate this update used (before the schedule moves on)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            stats["policy_loss"].append(pg.loss.item())
+            stats["clip_fraction"].append(pg.clip_fraction.item())
+            stats["approx_kl"].append(pg.approx_kl.item())
+    return {k: sum(v) / len(v) for k, v in stats.items() if v}, lr
