@@ -55,17 +55,22 @@ def save_checkpoint(out: str | Path, step: int, accelerator, model, optimizer, s
 
     Contents: ``model.safetensors`` (the parameters that require grad: all of them, or the LoRA adapter
     and head), ``optimizer.pt`` and ``scheduler.pt`` (state dicts), ``rng.pt`` (python, numpy, torch
-    and CUDA generator states), ``trainer_state.json`` (step, epoch, data-plan identity, config,
-    ``extra``). Only the main process writes; returns the folder (None on other processes).
+    and CUDA generator states; with several processes ``rng.pt`` is rank 0's and ``rng-R.pt`` rank R's),
+    ``trainer_state.json`` (step, epoch, data-plan identity, config, ``extra``). Call it on every rank;
+    only the main process writes the folder; returns it (None on other processes).
     """
-    import numpy as np
     import torch
     from safetensors.torch import save_file
 
+    target = checkpoint_dir(out, step)
+    staging = target.parent / f".rng-step-{step}"  # the other ranks' RNG states, moved in by rank 0
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if rank > 0:
+        staging.mkdir(parents=True, exist_ok=True)
+        torch.save(_rng_state(), staging / f"rng-{rank}.pt")
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return None
-    target = checkpoint_dir(out, step)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step}-", dir=target.parent))
     try:
@@ -74,14 +79,9 @@ def save_checkpoint(out: str | Path, step: int, accelerator, model, optimizer, s
         save_file(weights, str(tmp / "model.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        np_state = np.random.get_state()
-        rng = {
-            "python": random.getstate(),
-            "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
-        torch.save(rng, tmp / "rng.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        for other in range(1, world):
+            os.replace(staging / f"rng-{other}.pt", tmp / f"rng-{other}.pt")
         state = {
             "step": step,
             "epoch": plan.epoch_of(step),
@@ -97,8 +97,22 @@ def save_checkpoint(out: str | Path, step: int, accelerator, model, optimizer, s
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     _prune_checkpoints(Path(out), config.keep_checkpoints)
     return target
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def _prune_checkpoints(out: Path, keep: int) -> None:
@@ -141,7 +155,9 @@ def load_checkpoint(path: str | Path, accelerator, model, optimizer, scheduler, 
     unwrapped.load_state_dict(weights, strict=False)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=True)
+    # this rank's RNG states (rank 0's when the checkpoint was written by fewer processes)
+    own = path / f"rng-{accelerator.process_index}.pt"
+    rng = torch.load(own if accelerator.process_index > 0 and own.exists() else path / "rng.pt", weights_only=True)
     random.setstate(_tuples(rng["python"]))
     kind, keys, *rest = rng["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
@@ -233,16 +249,21 @@ def _fingerprint(path: Path, stat_key: tuple) -> dict[str, Any]:
 def save_final_model(out: str | Path, accelerator, model, tokenizer, summary: dict[str, Any] | None = None) -> Path:
     """Save the trained model (LoRA merged into the base weights) and its tokenizer into OUT with
     ``save_pretrained`` (safetensors), so ``from_pretrained(OUT)`` loads it; plus ``summary.json``.
-    Files are written to a temp dir first and moved in one by one (no half-written weights)."""
+    Files are written to a temp dir first and moved in one by one (no half-written weights). Call it on
+    every rank; only the main process writes."""
+    from accelerate.utils import DistributedType
+
     out = Path(out)
     accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    # FSDP: the full weights are gathered from the shards (a collective: every rank calls it). Not run here.
+    full = accelerator.get_state_dict(model) if accelerator.distributed_type == DistributedType.FSDP else None
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
         if hasattr(unwrapped, "merge_and_unload"):  # peft
             unwrapped = unwrapped.merge_and_unload()
         tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
         try:
-            unwrapped.save_pretrained(tmp, safe_serialization=True)
+            unwrapped.save_pretrained(tmp, safe_serialization=True, state_dict=full)
             tokenizer.save_pretrained(tmp)
             if summary is not None:
                 (tmp / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

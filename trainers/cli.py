@@ -148,7 +148,8 @@ def _runner(target: str, help_text: str):
             summary = getattr(importlib.import_module(module_name), function_name)(config)
         except (ConfigError, DataError) as exc:
             raise fail(str(exc)) from None
-        typer.echo(json.dumps(_brief(summary), indent=2, default=str))
+        if _is_main_process():
+            typer.echo(json.dumps(_brief(summary), indent=2, default=str))
 
     run.__doc__ = help_text
     return run

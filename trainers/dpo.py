@@ -23,6 +23,7 @@ from typing import Any
 from trainers.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint, save_final_model
 from trainers.config import ConfigError, TrainConfig, config_to_dict, opt
 from trainers.data import LengthReport, train_and_eval_rows
+from trainers.distributed import all_sum, rank_shares, record_rows, sync_unless_last
 from trainers.metrics import MetricsLogger, progress_bar
 from trainers.models import (
     disable_dropout,
@@ -115,21 +116,22 @@ def dpo_forward(model, examples: list[dict[str, Any]], ref_chosen, ref_rejected,
     return out, int(batch["attention_mask"].sum())
 
 
-def dpo_metrics(outputs: list, weights: list[float], prefix: str = "") -> dict[str, float]:
+def dpo_metrics(outputs: list, weights: list[float], prefix: str = "", accelerator=None) -> dict[str, float]:
     """Example-weighted means of loss, rewards/chosen, rewards/rejected, rewards/margins and
-    rewards/accuracy (share of pairs with Δ > 0) over several DPOOutputs."""
+    rewards/accuracy (share of pairs with Δ > 0) over several DPOOutputs — over all processes when
+    ``accelerator`` is given (each rank passes its own outputs)."""
     import torch
 
-    total = sum(weights)
-    def mean(values):
-        return sum(float(v) * w for v, w in zip(values, weights)) / total
-    return {
-        f"{prefix}loss": mean(o.loss.item() for o in outputs),
-        f"{prefix}rewards/chosen": mean(o.chosen_rewards.mean() for o in outputs),
-        f"{prefix}rewards/rejected": mean(o.rejected_rewards.mean() for o in outputs),
-        f"{prefix}rewards/margins": mean(o.margins.mean() for o in outputs),
-        f"{prefix}rewards/accuracy": mean((o.margins > 0).to(torch.float32).mean() for o in outputs),
-    }
+    def total(values):
+        return sum(float(v) * w for v, w in zip(values, weights))
+    sums = [total(o.loss.item() for o in outputs), total(o.chosen_rewards.mean() for o in outputs),
+            total(o.rejected_rewards.mean() for o in outputs), total(o.margins.mean() for o in outputs),
+            total((o.margins > 0).to(torch.float32).mean() for o in outputs), sum(weights)]
+    if accelerator is not None:
+        sums = all_sum(accelerator, sums)
+    *sums, count = sums
+    names = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy")
+    return {f"{prefix}{name}": value / count for name, value in zip(names, sums)}
 
 
 def evaluate_dpo(model, examples, ref_values, config: DPOConfig, pad_token_id: int, accelerator, live=None):
@@ -162,6 +164,7 @@ def train_dpo(config: DPOConfig) -> dict[str, Any]:
     import torch
 
     set_seed(config.seed)
+    accelerator = make_accelerator(config)  # first: the process group (several processes) is set up here
     rows, eval_rows, mix = train_and_eval_rows(config, "preference")
 
     model, tokenizer = load_model_and_tokenizer(config.model, **model_options(config))
@@ -172,9 +175,8 @@ def train_dpo(config: DPOConfig) -> dict[str, Any]:
     eval_examples = tokenize_pairs(eval_rows, tokenizer, eval_report)
     for message in (train_report.message(), eval_report.message()):
         if message:
-            print(message)
+            accelerator.print(message)
 
-    accelerator = make_accelerator(config)
     plan = plan_steps(len(train_examples), config)
     optimizer, scheduler = make_optimizer_and_scheduler(model, config, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -195,8 +197,8 @@ def train_dpo(config: DPOConfig) -> dict[str, Any]:
     checkpoint = resume_checkpoint(config)
     if checkpoint is not None:
         start_step = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler, config, plan)["step"]
-        print(f"resuming from {checkpoint} (step {start_step} of {plan.total_steps})")
-    logger = MetricsLogger(config.out, config, resume_step=start_step)
+        accelerator.print(f"resuming from {checkpoint} (step {start_step} of {plan.total_steps})")
+    logger = MetricsLogger(config.out, config, resume_step=start_step, main=accelerator.is_main_process)
 
     def live():  # a fresh (model, context) per use: disable_adapter() is a single-use context manager
         return reference_context(ref_model, model, accelerator) if config.ref_mode == "live" else None
@@ -207,25 +209,31 @@ def train_dpo(config: DPOConfig) -> dict[str, Any]:
         logger.log(0, initial_eval)
 
     n_train = len(train_examples)
-    bar = progress_bar(plan.total_steps, start_step, "dpo", config.quiet)
+    bar = progress_bar(plan.total_steps, start_step, "dpo", config.quiet or not accelerator.is_main_process)
     stop_at = plan.total_steps if config.stop_after_steps is None else min(plan.total_steps, start_step + config.stop_after_steps)
     metrics: dict[str, float] = {}
     for step in range(start_step, stop_at):
         began = time.perf_counter()
         micro_batches = plan.micro_batches(step)
         step_rows = sum(len(b) for b in micro_batches)
+        shares = rank_shares(micro_batches, accelerator)  # this rank's slice of each micro-batch
+        record_rows(accelerator, step + 1, shares)
         outputs, weights, step_tokens = [], [], 0
-        for indices in micro_batches:
+        for k, (indices, real) in enumerate(shares):
             ref_c = ref_r = None
             if ref_train is not None:
                 ref_c, ref_r = ref_train[indices], ref_train[[n_train + i for i in indices]]
-            out, tokens = dpo_forward(model, [train_examples[i] for i in indices], ref_c, ref_r, config.beta,
-                                      pad_id, accelerator, live())
-            # The step's loss is the mean over all its pairs: weight micro-batches by their share.
-            accelerator.backward(out.loss * (len(indices) / step_rows))
-            outputs.append(out)
-            weights.append(len(indices))
-            step_tokens += tokens
+            with sync_unless_last(accelerator, model, k, len(shares)):
+                out, tokens = dpo_forward(model, [train_examples[i] for i in indices], ref_c, ref_r, config.beta,
+                                          pad_id, accelerator, live())
+                # The step's loss is the mean over all its pairs: weight micro-batches by their share
+                # (× the process count: DDP averages the ranks' gradients).
+                accelerator.backward(out.loss * (len(indices) * accelerator.num_processes / step_rows if real else 0.0))
+            if real:
+                outputs.append(out)
+                weights.append(len(indices))
+                step_tokens += tokens
+        step_tokens = int(all_sum(accelerator, [step_tokens])[0])
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if config.max_grad_norm > 0 else None
         optimizer.step()
         lr = scheduler.get_last_lr()[0]  # the rate this step used (before the schedule moves on)
@@ -233,7 +241,7 @@ def train_dpo(config: DPOConfig) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
 
         elapsed = time.perf_counter() - began
-        metrics = {**dpo_metrics(outputs, weights), "lr": lr, "tokens": step_tokens,
+        metrics = {**dpo_metrics(outputs, weights, accelerator=accelerator), "lr": lr, "tokens": step_tokens,
                    "tokens_per_s": step_tokens / elapsed, "epoch": plan.epoch_of(step)}
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
@@ -248,7 +256,7 @@ def train_dpo(config: DPOConfig) -> dict[str, Any]:
     bar.close()
     if stop_at < plan.total_steps:
         logger.close()
-        print(f"stopped after step {stop_at} of {plan.total_steps} (--stop-after-steps); rerun the same command to continue")
+        accelerator.print(f"stopped after step {stop_at} of {plan.total_steps} (--stop-after-steps); rerun the same command to continue")
         return {"stopped_at_step": stop_at, "total_steps": plan.total_steps, "out": config.out}
 
     final_eval = evaluate_dpo(model, eval_examples, ref_eval, config, pad_id, accelerator, live) if eval_examples else None

@@ -23,6 +23,7 @@ from typing import Any
 from trainers.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint, save_final_model
 from trainers.config import ConfigError, TrainConfig, config_to_dict, opt
 from trainers.data import DataError, LengthReport, train_and_eval_rows
+from trainers.distributed import all_sum, rank_shares, record_rows, sync_unless_last
 from trainers.metrics import MetricsLogger, progress_bar
 from trainers.models import (
     disable_dropout,
@@ -157,19 +158,24 @@ def kto_forward(model, examples, ref_logps, z0, config: KTOConfig, weights: tupl
     return out, int(batch["attention_mask"].sum())
 
 
-def kto_metrics(outputs: list, examples_per_output: list[list[dict]], prefix: str = "") -> dict[str, float]:
+def kto_metrics(outputs: list, examples_per_output: list[list[dict]], prefix: str = "", accelerator=None) -> dict[str, float]:
     """Example-weighted loss, mean reward of each class (when present), their margin, and the mean
-    reference point ``kl`` (= z0, after clamping at 0)."""
+    reference point ``kl`` (= z0, after clamping at 0) — over all processes when ``accelerator`` is
+    given (each rank passes its own outputs)."""
     sizes = [len(e) for e in examples_per_output]
-    metrics = {
-        f"{prefix}loss": sum(o.loss.item() * n for o, n in zip(outputs, sizes)) / sum(sizes),
-        f"{prefix}kl": sum(o.z0.item() * n for o, n in zip(outputs, sizes)) / sum(sizes),
-    }
-    for name, wanted in (("desirable", True), ("undesirable", False)):
+    sums = [sum(o.loss.item() * n for o, n in zip(outputs, sizes)), sum(o.z0.item() * n for o, n in zip(outputs, sizes)), sum(sizes)]
+    for wanted in (True, False):
         rewards = [float(r) for o, ex in zip(outputs, examples_per_output) for r, e in zip(o.rewards, ex) if e["desirable"] == wanted]
-        if rewards:
-            metrics[f"{prefix}rewards/{name}"] = sum(rewards) / len(rewards)
-    if f"{prefix}rewards/desirable" in metrics and f"{prefix}rewards/undesirable" in metrics:
+        sums += [sum(rewards), len(rewards)]
+    if accelerator is not None:
+        sums = all_sum(accelerator, sums)
+    loss, kl, count, desirable, n_desirable, undesirable, n_undesirable = sums
+    metrics = {f"{prefix}loss": loss / count, f"{prefix}kl": kl / count}
+    if n_desirable:
+        metrics[f"{prefix}rewards/desirable"] = desirable / n_desirable
+    if n_undesirable:
+        metrics[f"{prefix}rewards/undesirable"] = undesirable / n_undesirable
+    if n_desirable and n_undesirable:
         metrics[f"{prefix}rewards/margins"] = metrics[f"{prefix}rewards/desirable"] - metrics[f"{prefix}rewards/undesirable"]
     return metrics
 
@@ -203,6 +209,7 @@ def train_kto(config: KTOConfig) -> dict[str, Any]:
     import torch
 
     set_seed(config.seed)
+    accelerator = make_accelerator(config)  # first: the process group (several processes) is set up here
     rows, eval_rows, mix = train_and_eval_rows(config, "kto")
 
     model, tokenizer = load_model_and_tokenizer(config.model, **model_options(config))
@@ -213,10 +220,9 @@ def train_kto(config: KTOConfig) -> dict[str, Any]:
     eval_examples = tokenize_kto_rows(eval_rows, tokenizer, eval_report, config.seed) if len(eval_rows) >= 2 else []
     for message in (train_report.message(), eval_report.message()):
         if message:
-            print(message)
+            accelerator.print(message)
     weights = class_weights(train_examples, config)
 
-    accelerator = make_accelerator(config)
     plan = plan_steps(len(train_examples), config)
     optimizer, scheduler = make_optimizer_and_scheduler(model, config, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -239,38 +245,44 @@ def train_kto(config: KTOConfig) -> dict[str, Any]:
     checkpoint = resume_checkpoint(config)
     if checkpoint is not None:
         start_step = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler, config, plan)["step"]
-        print(f"resuming from {checkpoint} (step {start_step} of {plan.total_steps})")
-    logger = MetricsLogger(config.out, config, resume_step=start_step)
+        accelerator.print(f"resuming from {checkpoint} (step {start_step} of {plan.total_steps})")
+    logger = MetricsLogger(config.out, config, resume_step=start_step, main=accelerator.is_main_process)
     initial_eval = None
     if eval_examples and start_step == 0:
         initial_eval = evaluate_kto(model, eval_examples, ref_eval, config, weights, pad_id, accelerator, live)
         logger.log(0, initial_eval)
 
     n_train = len(train_examples)
-    bar = progress_bar(plan.total_steps, start_step, "kto", config.quiet)
+    bar = progress_bar(plan.total_steps, start_step, "kto", config.quiet or not accelerator.is_main_process)
     stop_at = plan.total_steps if config.stop_after_steps is None else min(plan.total_steps, start_step + config.stop_after_steps)
     metrics: dict[str, float] = {}
     for step in range(start_step, stop_at):
         began = time.perf_counter()
         micro_batches = plan.micro_batches(step)
         step_rows = sum(len(b) for b in micro_batches)
-        # One reference point for the whole step (all its micro-batches), so z0 does not depend on
-        # how the step is split by --grad-accum.
-        kl_parts = []
-        for indices in micro_batches:
+        shares = rank_shares(micro_batches, accelerator)  # this rank's slice of each micro-batch
+        record_rows(accelerator, step + 1, shares)
+        # One reference point for the whole step (all its micro-batches, on all processes), so z0 does
+        # not depend on how the step is split by --grad-accum or over ranks.
+        kl_sum = 0.0
+        for indices, real in shares:
             ref_kl = None if ref_train is None else ref_train[[n_train + i for i in indices]]
             kl = kl_estimate(model, [train_examples[i] for i in indices], ref_kl, pad_id, accelerator, live())
-            kl_parts.append(kl * len(indices))
-        z0 = torch.stack(kl_parts).sum() / step_rows
+            kl_sum += kl.item() * len(indices) if real else 0.0
+        z0 = torch.tensor(all_sum(accelerator, [kl_sum])[0] / step_rows, dtype=torch.float32, device=accelerator.device)
         outputs, chunks, step_tokens = [], [], 0
-        for indices in micro_batches:
+        for k, (indices, real) in enumerate(shares):
             chunk = [train_examples[i] for i in indices]
             ref = None if ref_train is None else ref_train[indices]
-            out, tokens = kto_forward(model, chunk, ref, z0, config, weights, pad_id, accelerator, live())
-            accelerator.backward(out.loss * (len(indices) / step_rows))
-            outputs.append(out)
-            chunks.append(chunk)
-            step_tokens += tokens
+            with sync_unless_last(accelerator, model, k, len(shares)):
+                out, tokens = kto_forward(model, chunk, ref, z0, config, weights, pad_id, accelerator, live())
+                # × the process count: DDP averages the ranks' gradients
+                accelerator.backward(out.loss * (len(indices) * accelerator.num_processes / step_rows if real else 0.0))
+            if real:
+                outputs.append(out)
+                chunks.append(chunk)
+                step_tokens += tokens
+        step_tokens = int(all_sum(accelerator, [step_tokens])[0])
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if config.max_grad_norm > 0 else None
         optimizer.step()
         lr = scheduler.get_last_lr()[0]  # the rate this step used (before the schedule moves on)
@@ -278,7 +290,7 @@ def train_kto(config: KTOConfig) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
 
         elapsed = time.perf_counter() - began
-        metrics = {**kto_metrics(outputs, chunks), "kl_raw": z0.item(), "lr": lr,
+        metrics = {**kto_metrics(outputs, chunks, accelerator=accelerator), "kl_raw": z0.item(), "lr": lr,
                    "tokens": step_tokens, "tokens_per_s": step_tokens / elapsed, "epoch": plan.epoch_of(step)}
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
@@ -292,7 +304,7 @@ def train_kto(config: KTOConfig) -> dict[str, Any]:
     bar.close()
     if stop_at < plan.total_steps:
         logger.close()
-        print(f"stopped after step {stop_at} of {plan.total_steps} (--stop-after-steps); rerun the same command to continue")
+        accelerator.print(f"stopped after step {stop_at} of {plan.total_steps} (--stop-after-steps); rerun the same command to continue")
         return {"stopped_at_step": stop_at, "total_steps": plan.total_steps, "out": config.out}
 
     final_eval = evaluate_kto(model, eval_examples, ref_eval, config, weights, pad_id, accelerator, live) if eval_examples else None

@@ -167,17 +167,22 @@ def disable_dropout(model) -> None:
 def make_accelerator(config: TrainConfig):
     """An ``accelerate.Accelerator``: bf16 autocast when ``config.bf16`` and CUDA is available, fp32
     otherwise. Gradient accumulation is done by the trainers themselves (``plan.micro_batches``), so
-    that a step is the same set of examples whatever the device count, and resume is exact."""
+    that a step is the same set of examples whatever the device count, and resume is exact. Under
+    torchrun / ``accelerate launch`` the processes are taken from the environment (trainers/distributed.py).
+
+    accelerate keeps one state per process: a second trainer in the same process must ask for the
+    same precision (a ConfigError otherwise; run each trainer in its own process)."""
     import torch
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
 
-    # Accelerator state is a process-wide singleton; a second trainer in the same process (tests,
-    # notebooks) may ask for another precision.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
     mixed = "bf16" if config.bf16 and torch.cuda.is_available() else "no"
-    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    try:
+        return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    except ValueError as exc:
+        if "already been initialized" not in str(exc):
+            raise
+        raise ConfigError(f"accelerate was already set up in this process with another precision; run this trainer "
+                          f"(mixed precision {mixed!r}) in a process of its own") from None
 
 
 def make_optimizer_and_scheduler(model, config: TrainConfig, total_steps: int):

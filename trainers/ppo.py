@@ -212,6 +212,9 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
     policy, tokenizer = load_model_and_tokenizer(config.model, **model_options(config))
     disable_dropout(policy)  # the rollout's log-probs (eval mode) and the update's (train mode) must agree
     accelerator = make_accelerator(config)
+    if accelerator.num_processes > 1:  # not done yet: each rank would roll out every prompt and write every file
+        raise ConfigError(f"cai train ppo runs in one process for now ({accelerator.num_processes} were launched); "
+                          "start it without torchrun / accelerate launch (sft, pm, dpo and kto train on several)")
     reference = None if config.lora_r > 0 else copy.deepcopy(policy).requires_grad_(False).eval()
     value_head = value_backbone = None
     if config.algo == "ppo":

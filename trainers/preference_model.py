@@ -27,6 +27,7 @@ from labelers.calibration import calibration_table, plot_reliability
 from trainers.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint, save_final_model
 from trainers.config import TrainConfig, config_to_dict, opt
 from trainers.data import LengthReport, pad_right, tokenize_messages, train_and_eval_rows
+from trainers.distributed import all_sum, rank_shares, record_rows, sync_unless_last
 from trainers.metrics import MetricsLogger, progress_bar
 from trainers.models import (
     load_model_and_tokenizer,
@@ -136,6 +137,7 @@ def train_preference_model(config: PMConfig) -> dict[str, Any]:
     from trainers.losses import soft_bt_loss
 
     set_seed(config.seed)
+    accelerator = make_accelerator(config)  # first: the process group (several processes) is set up here
     rows, eval_rows, mix = train_and_eval_rows(config, "preference")
 
     model, tokenizer = load_model_and_tokenizer(config.model, head="score", **model_options(config))
@@ -145,9 +147,8 @@ def train_preference_model(config: PMConfig) -> dict[str, Any]:
     eval_pairs = tokenize_pairs(eval_rows, tokenizer, eval_report)
     for message in (train_report.message(), eval_report.message()):
         if message:
-            print(message)
+            accelerator.print(message)
 
-    accelerator = make_accelerator(config)
     plan = plan_steps(len(train_pairs), config)
     optimizer, scheduler = make_optimizer_and_scheduler(model, config, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -156,30 +157,38 @@ def train_preference_model(config: PMConfig) -> dict[str, Any]:
     checkpoint = resume_checkpoint(config)
     if checkpoint is not None:
         start_step = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler, config, plan)["step"]
-        print(f"resuming from {checkpoint} (step {start_step} of {plan.total_steps})")
-    logger = MetricsLogger(config.out, config, resume_step=start_step)
+        accelerator.print(f"resuming from {checkpoint} (step {start_step} of {plan.total_steps})")
+    logger = MetricsLogger(config.out, config, resume_step=start_step, main=accelerator.is_main_process)
     pad_id, device = tokenizer.pad_token_id, accelerator.device
     initial_eval = evaluate_pairs(model, eval_pairs, config, pad_id, device) if eval_pairs and start_step == 0 else None
     if initial_eval is not None:
         logger.log(0, {f"eval_{k}": v for k, v in initial_eval.items() if k != "calibration_table"})
 
-    bar = progress_bar(plan.total_steps, start_step, "pm", config.quiet)
+    bar = progress_bar(plan.total_steps, start_step, "pm", config.quiet or not accelerator.is_main_process)
     stop_at = plan.total_steps if config.stop_after_steps is None else min(plan.total_steps, start_step + config.stop_after_steps)
     for step in range(start_step, stop_at):
         began = time.perf_counter()
         micro_batches = plan.micro_batches(step)
         step_pairs = sum(len(b) for b in micro_batches)
-        step_loss, correct, counted, margin_sum = 0.0, 0, 0, 0.0
-        for indices in micro_batches:
-            r_chosen, r_rejected, p = pair_rewards(model, [train_pairs[i] for i in indices], pad_id, device)
-            # weight by pairs, so the step's loss is the mean over all its pairs
-            loss = soft_bt_loss(r_chosen, r_rejected, p) * (len(indices) / step_pairs)
-            accelerator.backward(loss)
-            step_loss += loss.item()
+        shares = rank_shares(micro_batches, accelerator)  # this rank's slice of each micro-batch
+        record_rows(accelerator, step + 1, shares)
+        loss_sum, correct, counted, margin_sum = 0.0, 0, 0, 0.0
+        for k, (indices, real) in enumerate(shares):
+            with sync_unless_last(accelerator, model, k, len(shares)):
+                r_chosen, r_rejected, p = pair_rewards(model, [train_pairs[i] for i in indices], pad_id, device)
+                loss = soft_bt_loss(r_chosen, r_rejected, p)
+                # weight by pairs, so the step's loss is the mean over all its pairs (× the process
+                # count: DDP averages the ranks' gradients)
+                accelerator.backward(loss * (len(indices) * accelerator.num_processes / step_pairs if real else 0.0))
+            if not real:
+                continue
+            loss_sum += loss.item() * len(indices)
             margin = (r_chosen - r_rejected).detach()
             right, decided = pairwise_accuracy(margin, p)
             correct, counted = correct + right, counted + decided
             margin_sum += margin.sum().item()
+        loss_sum, correct, counted, margin_sum = all_sum(accelerator, [loss_sum, correct, counted, margin_sum])
+        step_loss = loss_sum / step_pairs
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if config.max_grad_norm > 0 else None
         optimizer.step()
         lr = scheduler.get_last_lr()[0]  # the rate this step used (before the schedule moves on)
@@ -202,7 +211,7 @@ def train_preference_model(config: PMConfig) -> dict[str, Any]:
     bar.close()
     if stop_at < plan.total_steps:
         logger.close()
-        print(f"stopped after step {stop_at} of {plan.total_steps} (--stop-after-steps); rerun the same command to continue")
+        accelerator.print(f"stopped after step {stop_at} of {plan.total_steps} (--stop-after-steps); rerun the same command to continue")
         return {"stopped_at_step": stop_at, "total_steps": plan.total_steps, "out": config.out}
 
     final_eval = evaluate_pairs(model, eval_pairs, config, pad_id, device) if eval_pairs else None

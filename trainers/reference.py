@@ -108,15 +108,21 @@ def model_identity(name: str) -> str:
 
 def cached_reference_logps(path: Path, fingerprint: str, compute: Callable[[], Any], accelerator):
     """Load the reference log-probs saved at ``path`` when their fingerprint matches; otherwise compute
-    them (once) and save them there (safetensors, written to a temp file and renamed)."""
+    them (once) and save them there (safetensors, written to a temp file and renamed). With several
+    processes every rank computes them (the same numbers) and the main process writes the file."""
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    found = None
     if path.exists():
         with safe_open(str(path), framework="pt") as handle:
             if (handle.metadata() or {}).get("fingerprint") == fingerprint:
-                return handle.get_tensor("logps")
+                found = handle.get_tensor("logps")
+    # every process has looked before the main one may write the file (all then compute, or none)
+    accelerator.wait_for_everyone()
+    if found is not None:
+        return found
     values = compute()
     if accelerator.is_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)

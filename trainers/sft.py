@@ -18,6 +18,7 @@ from typing import Any
 from trainers.checkpoint import load_checkpoint, resume_checkpoint, save_checkpoint, save_final_model
 from trainers.config import TrainConfig, config_to_dict, opt
 from trainers.data import LengthReport, pad_right, tokenize_messages, train_and_eval_rows
+from trainers.distributed import all_sum, rank_shares, record_rows, sync_unless_last
 from trainers.metrics import MetricsLogger, progress_bar
 from trainers.models import (
     load_model_and_tokenizer,
@@ -125,6 +126,7 @@ def train_sft(config: SFTConfig) -> dict[str, Any]:
     import torch
 
     set_seed(config.seed)
+    accelerator = make_accelerator(config)  # first: the process group (several processes) is set up here
     rows, eval_rows, mix = train_and_eval_rows(config, "sft")
 
     model, tokenizer = load_model_and_tokenizer(config.model, **model_options(config))
@@ -134,11 +136,10 @@ def train_sft(config: SFTConfig) -> dict[str, Any]:
     eval_examples = tokenize_sft_rows(eval_rows, tokenizer, eval_report)
     for message in (train_report.message(), eval_report.message()):
         if message:
-            print(message)
+            accelerator.print(message)
     if config.packing:
         train_examples = pack_examples(train_examples, config.max_length)
 
-    accelerator = make_accelerator(config)
     plan = plan_steps(len(train_examples), config)
     optimizer, scheduler = make_optimizer_and_scheduler(model, config, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -147,27 +148,36 @@ def train_sft(config: SFTConfig) -> dict[str, Any]:
     checkpoint = resume_checkpoint(config)
     if checkpoint is not None:
         start_step = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler, config, plan)["step"]
-        print(f"resuming from {checkpoint} (step {start_step} of {plan.total_steps})")
-    logger = MetricsLogger(config.out, config, resume_step=start_step)
+        accelerator.print(f"resuming from {checkpoint} (step {start_step} of {plan.total_steps})")
+    logger = MetricsLogger(config.out, config, resume_step=start_step, main=accelerator.is_main_process)
     pad_id, device = tokenizer.pad_token_id, accelerator.device
     initial_eval = evaluate(model, eval_examples, config, pad_id, device) if eval_examples and start_step == 0 else None
     if initial_eval is not None:
         logger.log(0, {"eval_loss": initial_eval})
 
-    bar = progress_bar(plan.total_steps, start_step, "sft", config.quiet)
+    bar = progress_bar(plan.total_steps, start_step, "sft", config.quiet or not accelerator.is_main_process)
     stop_at = plan.total_steps if config.stop_after_steps is None else min(plan.total_steps, start_step + config.stop_after_steps)
     for step in range(start_step, stop_at):
         began = time.perf_counter()
-        micro_batches = [collate([train_examples[i] for i in batch], pad_id, device) for batch in plan.micro_batches(step)]
-        # The step's loss is the mean over all its assistant tokens: weight each micro-batch by its
-        # share of the step's tokens, not 1/grad_accum (micro-batches hold different token counts).
-        step_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
-        step_loss = 0.0
-        for batch in micro_batches:
-            loss, n_tokens = forward_loss(model, batch)
-            weighted = loss * (n_tokens / max(step_tokens, 1))
-            accelerator.backward(weighted)
-            step_loss += weighted.item()
+        # This rank's share of each of the step's micro-batches (all of them with one process).
+        shares = rank_shares(plan.micro_batches(step), accelerator)
+        record_rows(accelerator, step + 1, shares)
+        micro_batches = [collate([train_examples[i] for i in indices], pad_id, device) for indices, _ in shares]
+        # The step's loss is the mean over all its assistant tokens (on every rank): weight each
+        # micro-batch by its share of the step's tokens, not 1/grad_accum (micro-batches hold different
+        # token counts); × the process count, because DDP averages the ranks' gradients.
+        local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b, (_, real) in zip(micro_batches, shares) if real)
+        step_tokens = int(all_sum(accelerator, [local_tokens])[0])
+        scale = accelerator.num_processes / max(step_tokens, 1)
+        local_loss = 0.0
+        for k, (batch, (_, real)) in enumerate(zip(micro_batches, shares)):
+            with sync_unless_last(accelerator, model, k, len(micro_batches)):
+                loss, n_tokens = forward_loss(model, batch)
+                weighted = loss * (n_tokens * scale if real else 0.0)
+                accelerator.backward(weighted)
+            if real:
+                local_loss += loss.item() * n_tokens.item()
+        step_loss = all_sum(accelerator, [local_loss])[0] / max(step_tokens, 1)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if config.max_grad_norm > 0 else None
         optimizer.step()
         lr = scheduler.get_last_lr()[0]  # the rate this step used (before the schedule moves on)
@@ -189,7 +199,7 @@ def train_sft(config: SFTConfig) -> dict[str, Any]:
     bar.close()
     if stop_at < plan.total_steps:
         logger.close()
-        print(f"stopped after step {stop_at} of {plan.total_steps} (--stop-after-steps); rerun the same command to continue")
+        accelerator.print(f"stopped after step {stop_at} of {plan.total_steps} (--stop-after-steps); rerun the same command to continue")
         return {"stopped_at_step": stop_at, "total_steps": plan.total_steps, "out": config.out}
 
     final_eval = evaluate(model, eval_examples, config, pad_id, device) if eval_examples else None
