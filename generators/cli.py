@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import typer
 
 from engines import EngineCapabilityError
-from jobs.config import ConfigError, config_command, config_to_dict, fail, load_engine_from
+from jobs.config import ConfigError, config_command, config_to_dict, engine_spec_from, fail, load_engine_from
 
 from .config import DEFAULT_MODEL, ExportConfig, PairsConfig, SLCAIConfig  # noqa: F401  (DEFAULT_MODEL: kept importable)
 
@@ -65,6 +65,28 @@ def _load_engine(config):
         return load_engine_from(config)
     except ConfigError as e:
         raise _fail(str(e)) from None
+
+
+def _engine_and_executor(config):
+    """(engine, executor, engine spec) for a run. Local: the engine loaded here, no executor, no spec.
+    ``--executor ray``: each worker loads its own engine from the spec; this process loads none (it may
+    have no GPU) and the engine stand-in only names back end and model for the run identity."""
+    if config.executor != "ray":
+        return _load_engine(config), None, None
+    from jobs.ray_executor import RayMissingError, make_executor
+
+    try:
+        spec = engine_spec_from(config)
+        executor = make_executor(config)
+    except (ConfigError, RayMissingError) as e:
+        raise _fail(str(e)) from None
+    return SimpleNamespace(name=config.engine, model_id=config.model), executor, spec
+
+
+def _executor_errors() -> tuple[type[BaseException], ...]:
+    from jobs.ray_executor import RayExecutorError
+
+    return (RayExecutorError,)
 
 
 def _params(max_new_tokens: int, temperature: float, top_p: float, seed: int):
@@ -136,13 +158,13 @@ def sl_cai(c: SLCAIConfig) -> None:
 
     named = SimpleNamespace(name=c.engine, model_id=c.model)  # what the identity needs, before the model loads
     _precheck_run_dir(out, RUN_KIND, sl_cai_identity(cons, named, rounds=c.rounds, revision_only=c.revision_only, seed=c.seed, params=params, few_shot=c.few_shot), c.overwrite)
-    eng = _load_engine(c)
+    eng, executor, spec = _engine_and_executor(c)
     try:
         summary = run_sl_cai(cons, items, eng, out, rounds=c.rounds, revision_only=c.revision_only, seed=c.seed, params=params,
                              batch_size=c.batch_size, few_shot=c.few_shot, overwrite=c.overwrite, progress=not c.quiet,
-                             input_files=[c.prompts], config=config_to_dict(c, resolved=True))
+                             input_files=[c.prompts], config=config_to_dict(c, resolved=True), executor=executor, engine_spec=spec)
         exported = export_sl_cai(out)
-    except (RunDirError, ExportError, ValueError, EngineCapabilityError, ConnectionError) as e:  # ConnectionError: the openai engine's OpenAIServerError
+    except (RunDirError, ExportError, ValueError, EngineCapabilityError, ConnectionError, *_executor_errors()) as e:  # ConnectionError: the openai engine's OpenAIServerError
         raise _fail(str(e)) from None
     except KeyboardInterrupt:
         raise _fail(f"interrupted; finished chunks are saved in {out}. Rerun the same command to resume.", 130) from None
@@ -185,12 +207,13 @@ def pairs(c: PairsConfig) -> None:
     out = c.out
     identity = {"model": c.model, "engine": c.engine, "n": c.n, "seed": c.seed, "params": sampling_identity(params), "system_prompt": c.system_prompt}
     _precheck_run_dir(out, RUN_KIND, identity, c.overwrite)
-    eng = _load_engine(c)
+    eng, executor, spec = _engine_and_executor(c)
     try:
         summary = run_pairs(items, eng, out, n=c.n, seed=c.seed, params=params, batch_size=c.batch_size, system_prompt=c.system_prompt,
-                            overwrite=c.overwrite, progress=not c.quiet, input_files=[c.prompts], config=config_to_dict(c, resolved=True))
+                            overwrite=c.overwrite, progress=not c.quiet, input_files=[c.prompts], config=config_to_dict(c, resolved=True),
+                            executor=executor, engine_spec=spec)
         exported = export_pairs(out)
-    except (RunDirError, ExportError, ValueError, EngineCapabilityError, ConnectionError) as e:  # ConnectionError: the openai engine's OpenAIServerError
+    except (RunDirError, ExportError, ValueError, EngineCapabilityError, ConnectionError, *_executor_errors()) as e:  # ConnectionError: the openai engine's OpenAIServerError
         raise _fail(str(e)) from None
     except KeyboardInterrupt:
         raise _fail(f"interrupted; finished chunks are saved in {out}. Rerun the same command to resume.", 130) from None

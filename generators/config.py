@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from jobs.config import CommandConfig, EngineOptions, opt
+from jobs.config import CommandConfig, EngineOptions, ExecutorOptions, opt
 
 DEFAULT_MODEL = "smollm2-135m"
 ON_LONG_HELP = ("transformers/vllm: a prompt too long for the model's context with --max-new-tokens is cut to its last tokens "
@@ -24,8 +24,8 @@ class GenerateEngineOptions(EngineOptions):
     trust_remote_code: bool = opt(False, "Allow model code from the model folder (off by default).")
 
 
-class GenerateConfig(GenerateEngineOptions):
-    """What both generate commands share: prompts in, a run directory out, sampling."""
+class GenerateConfig(GenerateEngineOptions, ExecutorOptions):
+    """What both generate commands share: prompts in, a run directory out, sampling, where the batches run."""
 
     prompts: Path = opt(..., "Prompt file: .jsonl (prompt / messages / hh-rlhf chosen), .txt (one per line) or an hh-rlhf transcript .txt.",
                         short="-p", required=True)

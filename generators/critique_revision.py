@@ -29,6 +29,7 @@ error naming the prompt.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import time
 from dataclasses import dataclass, field
@@ -38,7 +39,17 @@ from typing import Sequence
 from constitution.schema import Constitution, CritiqueRevisionPrinciple
 from engines.base import Engine, GenerationParams, PromptTooLongError
 from jobs.rundir import RunDir, stable_id
-from jobs.runner import SKIPPED, BatchResult, Progress, run_job, write_skipped  # noqa: F401  (SKIPPED, write_skipped: re-exported)
+from jobs.runner import (  # noqa: F401  (SKIPPED, write_skipped: re-exported)
+    SKIPPED,
+    BatchResult,
+    EngineSpec,
+    EngineTask,
+    Executor,
+    Progress,
+    note,
+    run_job,
+    write_skipped,
+)
 
 from .inputs import PromptItem
 from .records import SLCAIRecord
@@ -149,8 +160,9 @@ def _run_stage(engine: Engine, jobs: list[_InFlight], params: GenerationParams, 
     return completions
 
 
-def _process_chunk(constitution, chunk: list[PromptItem], engine, prefix, *, rounds, revision_only, seed, params, stats, on_stage) -> list[_InFlight]:
+def _process_chunk(constitution, chunk: list[PromptItem], engine, prefix, *, rounds, revision_only, seed, params, stats) -> list[_InFlight]:
     params = dataclasses.replace(params, seed=seed)
+    on_stage = note
     jobs = [_InFlight(item=item, conversation=list(prefix) + [dict(m) for m in item.messages]) for item in chunk]
 
     on_stage("initial answers")
@@ -204,6 +216,19 @@ def _record(job: _InFlight, constitution: Constitution, engine: Engine, *, seed:
     ).dump()
 
 
+def sl_cai_chunk(engine: Engine, chunk: list[PromptItem], *, constitution: Constitution, prefix: list[dict], rounds: int,
+                 revision_only: bool, seed: int, params: GenerationParams, few_shot: int) -> BatchResult:
+    """One chunk through every stage → its SL-CAI records (and the prompts the engine skipped).
+    Top-level (picklable with ``functools.partial``): it runs wherever the engine lives."""
+    stats = _Stats()
+    jobs = _process_chunk(constitution, chunk, engine, prefix, rounds=rounds, revision_only=revision_only, seed=seed,
+                          params=params, stats=stats)
+    return BatchResult([_record(j, constitution, engine, seed=seed, params=params, revision_only=revision_only,
+                                few_shot=few_shot) for j in jobs if not j.skipped],
+                       [j.skipped for j in jobs if j.skipped],
+                       counts={"completion_tokens": stats.completion_tokens, "prompt_tokens": stats.prompt_tokens})
+
+
 def run_sl_cai(
     constitution: Constitution,
     prompts: Sequence[PromptItem],
@@ -221,6 +246,8 @@ def run_sl_cai(
     progress: bool = True,
     input_files: Sequence[str | Path] = (),
     config: dict | None = None,
+    executor: Executor | None = None,
+    engine_spec: EngineSpec | None = None,
 ) -> dict:
     """Generate SL-CAI records for ``prompts`` into ``run_dir`` (resumable); returns a summary dict.
 
@@ -229,7 +256,9 @@ def run_sl_cai(
     N few-shot examples of the constitution (default all; each costs prompt tokens in every request
     of every stage). ``input_files`` (the file(s) the prompts were read from) are fingerprinted:
     a resume after an edit of them is refused. ``config`` (the resolved command config) is saved as
-    RUN_DIR/config.yaml. Raises :class:`jobs.rundir.RunDirError` when ``run_dir`` was started with
+    RUN_DIR/config.yaml. ``executor`` runs the chunks (default: here, on ``engine``); a Ray executor
+    builds one engine per worker from ``engine_spec``, and ``engine`` then only has to say ``name`` and
+    ``model_id`` (the run identity). Raises :class:`jobs.rundir.RunDirError` when ``run_dir`` was started with
     other settings or inputs, or is in use by another run.
     """
     if rounds < 1:
@@ -243,22 +272,18 @@ def run_sl_cai(
     identity = sl_cai_identity(constitution, engine, rounds=rounds, revision_only=revision_only, seed=seed, params=params, few_shot=few_shot)
     rd = RunDir(run_dir, identity, overwrite=overwrite, kind=RUN_KIND, inputs=input_files, config=config)
     prefix = conversation_prefix(constitution, revision_only=revision_only, few_shot=few_shot)
-    stats = _Stats()
+    start = time.monotonic()
     bar = Progress(progress, desc="sl-cai", unit="prompt")
+    task = EngineTask(functools.partial(sl_cai_chunk, constitution=constitution, prefix=prefix, rounds=rounds,
+                                        revision_only=revision_only, seed=seed, params=params, few_shot=identity["few_shot"]),
+                      engine_spec, engine=engine)
 
-    def on_stage(stage: str) -> None:
-        bar.note(f"{stage} · {stats.tokens_per_s():.1f} tok/s")
+    def status(counts: dict) -> str:
+        return f"saved · {counts.get('completion_tokens', 0) / max(time.monotonic() - start, 1e-9):.1f} tok/s"
 
-    def process(chunk: list[PromptItem]) -> BatchResult:
-        jobs = _process_chunk(constitution, chunk, engine, prefix, rounds=rounds, revision_only=revision_only, seed=seed,
-                              params=params, stats=stats, on_stage=on_stage)
-        return BatchResult([_record(j, constitution, engine, seed=seed, params=params, revision_only=revision_only,
-                                    few_shot=identity["few_shot"]) for j in jobs if not j.skipped],
-                           [j.skipped for j in jobs if j.skipped])
-
-    job = run_job(rd, prompts, process, chunk_size=chunk_size, progress=bar,
-                  status=lambda: f"saved · {stats.tokens_per_s():.1f} tok/s", skipped_file=True)
-    elapsed = time.monotonic() - stats.start
+    job = run_job(rd, prompts, task, chunk_size=chunk_size, progress=bar, status=status, executor=executor, skipped_file=True)
+    elapsed = time.monotonic() - start
+    completion = job.counts.get("completion_tokens", 0)
     return {
         "run_dir": str(Path(run_dir)),
         "records": str(rd.records_path),
@@ -267,6 +292,6 @@ def run_sl_cai(
         "generated": job.todo - len(job.skipped),
         "skipped": len(job.skipped),
         "seconds": round(elapsed, 2),
-        "completion_tokens": stats.completion_tokens,
-        "tokens_per_s": round(stats.completion_tokens / max(elapsed, 1e-9), 2),
+        "completion_tokens": completion,
+        "tokens_per_s": round(completion / max(elapsed, 1e-9), 2),
     }

@@ -16,6 +16,7 @@ Record: ``{"id", "prompt_id", "messages", "responses": [str × N], "finish_reaso
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Sequence
 
 from engines.base import Engine, GenerationParams, PromptTooLongError
 from jobs.rundir import RunDir, stable_id
-from jobs.runner import BatchResult, Progress, run_job
+from jobs.runner import BatchResult, EngineSpec, EngineTask, Executor, Progress, note, run_job
 
 from .critique_revision import CHUNK_BATCHES, sampling_identity
 from .inputs import PromptItem
@@ -35,6 +36,46 @@ log = logging.getLogger(__name__)
 
 def pair_id(prompt_id: str, n: int) -> str:
     return stable_id("pairs", prompt_id, n)
+
+
+def sample_pairs(engine: Engine, chunk: list[PromptItem], *, n: int, seed: int, params: GenerationParams,
+                 system_prompt: str | None) -> BatchResult:
+    """One chunk: ``n`` responses for every prompt in ONE ``engine.generate`` call → its pair records.
+    Top-level (picklable with ``functools.partial``): it runs wherever the engine lives."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    requests = [system + item.messages for item in chunk for _ in range(n)]
+    call_params = dataclasses.replace(params, seed=int(stable_id("pairs-call", seed, [p.id for p in chunk]), 16) % (2**31))
+    note(f"sampling {len(requests)} responses")
+    try:
+        completions = engine.generate(requests, call_params)
+    except PromptTooLongError as e:
+        raise PromptTooLongError(f"prompt {chunk[e.index // n].id}: {e}", e.index) from None
+    if len(completions) != len(requests):
+        raise RuntimeError(f"engine {engine.name!r} returned {len(completions)} completions for {len(requests)} requests")
+    result = BatchResult([], counts={"completion_tokens": sum(c.completion_tokens for c in completions)})
+    for i, item in enumerate(chunk):
+        mine = completions[i * n : (i + 1) * n]
+        if any(c.finish_reason == "skipped" for c in mine):
+            result.skipped.append({"id": item.id, "prompt_tokens": mine[0].prompt_tokens,
+                                   "reason": f"too long for the model's context with max_new_tokens={params.max_new_tokens}"})
+            continue
+        result.records.append(PairRecord(
+            id=pair_id(item.id, n),
+            prompt_id=item.id,
+            messages=item.messages,
+            responses=[c.text.strip() for c in mine],
+            finish_reasons=[c.finish_reason for c in mine],
+            prompt_truncated=any(c.prompt_truncated for c in mine),
+            model=engine.model_id,
+            engine=engine.name,
+            params=sampling_identity(params),
+            seed=seed,
+            system_prompt=system_prompt,
+            tokens={"prompt_tokens": sum(c.prompt_tokens for c in mine),
+                    "completion_tokens": sum(c.completion_tokens for c in mine)},
+            meta=item.meta or None,
+        ).dump())
+    return result
 
 
 def run_pairs(
@@ -52,6 +93,8 @@ def run_pairs(
     progress: bool = True,
     input_files: Sequence[str | Path] = (),
     config: dict | None = None,
+    executor: Executor | None = None,
+    engine_spec: EngineSpec | None = None,
 ) -> dict:
     """Sample ``n`` responses per prompt into ``run_dir`` (resumable); returns a summary dict.
 
@@ -59,7 +102,9 @@ def run_pairs(
     ``chunk_size * n`` requests. ``system_prompt``, when given, is put before every prompt and
     recorded in the run identity. ``input_files`` (the file(s) the prompts were read from) are
     fingerprinted: a resume after an edit of them is refused. ``config`` (the resolved command
-    config) is saved as RUN_DIR/config.yaml.
+    config) is saved as RUN_DIR/config.yaml. ``executor`` runs the chunks (default: here, on
+    ``engine``); a Ray executor builds one engine per worker from ``engine_spec``, and ``engine`` then
+    only has to say ``name`` and ``model_id`` (the run identity).
     """
     if n < 2:
         raise ValueError(f"n must be ≥ 2 (a pair needs two responses), got {n}")
@@ -69,50 +114,18 @@ def run_pairs(
     chunk_size = chunk_size or max(1, max(1, batch_size) * CHUNK_BATCHES // n)
     identity = {"model": engine.model_id, "engine": engine.name, "n": n, "seed": seed, "params": sampling_identity(params), "system_prompt": system_prompt}
     rd = RunDir(run_dir, identity, overwrite=overwrite, kind=RUN_KIND, inputs=input_files, config=config)
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     start_time = time.monotonic()
-    tokens = {"completion": 0}
     bar = Progress(progress, desc="pairs", unit="prompt")
+    task = EngineTask(functools.partial(sample_pairs, n=n, seed=seed, params=params, system_prompt=system_prompt),
+                      engine_spec, engine=engine)
 
-    def process(chunk: list[PromptItem]) -> BatchResult:
-        requests = [system + item.messages for item in chunk for _ in range(n)]
-        call_params = dataclasses.replace(params, seed=int(stable_id("pairs-call", seed, [p.id for p in chunk]), 16) % (2**31))
-        bar.note(f"sampling {len(requests)} responses")
-        try:
-            completions = engine.generate(requests, call_params)
-        except PromptTooLongError as e:
-            raise PromptTooLongError(f"prompt {chunk[e.index // n].id}: {e}", e.index) from None
-        if len(completions) != len(requests):
-            raise RuntimeError(f"engine {engine.name!r} returned {len(completions)} completions for {len(requests)} requests")
-        result = BatchResult([])
-        for i, item in enumerate(chunk):
-            mine = completions[i * n : (i + 1) * n]
-            tokens["completion"] += sum(c.completion_tokens for c in mine)
-            if any(c.finish_reason == "skipped" for c in mine):
-                result.skipped.append({"id": item.id, "prompt_tokens": mine[0].prompt_tokens,
-                                       "reason": f"too long for the model's context with max_new_tokens={params.max_new_tokens}"})
-                continue
-            result.records.append(PairRecord(
-                id=pair_id(item.id, n),
-                prompt_id=item.id,
-                messages=item.messages,
-                responses=[c.text.strip() for c in mine],
-                finish_reasons=[c.finish_reason for c in mine],
-                prompt_truncated=any(c.prompt_truncated for c in mine),
-                model=engine.model_id,
-                engine=engine.name,
-                params=sampling_identity(params),
-                seed=seed,
-                system_prompt=system_prompt,
-                tokens={"prompt_tokens": sum(c.prompt_tokens for c in mine),
-                        "completion_tokens": sum(c.completion_tokens for c in mine)},
-                meta=item.meta or None,
-            ).dump())
-        return result
+    def status(counts: dict) -> str:
+        return f"{counts.get('completion_tokens', 0) / max(time.monotonic() - start_time, 1e-9):.1f} tok/s"
 
-    job = run_job(rd, prompts, process, id_of=lambda p: pair_id(p.id, n), chunk_size=chunk_size, progress=bar,
-                  status=lambda: f"{tokens['completion'] / max(time.monotonic() - start_time, 1e-9):.1f} tok/s", skipped_file=True)
+    job = run_job(rd, prompts, task, id_of=lambda p: pair_id(p.id, n), chunk_size=chunk_size, progress=bar,
+                  status=status, executor=executor, skipped_file=True)
     elapsed = time.monotonic() - start_time
+    completion = job.counts.get("completion_tokens", 0)
     return {
         "run_dir": str(Path(run_dir)),
         "records": str(rd.records_path),
@@ -121,6 +134,6 @@ def run_pairs(
         "generated": job.todo - len(job.skipped),
         "skipped": len(job.skipped),
         "seconds": round(elapsed, 2),
-        "completion_tokens": tokens["completion"],
-        "tokens_per_s": round(tokens["completion"] / max(elapsed, 1e-9), 2),
+        "completion_tokens": completion,
+        "tokens_per_s": round(completion / max(elapsed, 1e-9), 2),
     }

@@ -349,14 +349,15 @@ class EngineOptions(CommandConfig):
     device: Optional[str] = opt(None, "--engine transformers: cpu, cuda, cuda:1 … (default: cuda if available, else cpu).")
 
 
-def load_engine_from(config: EngineOptions):
-    """Build the engine a config names, passing each option only to back ends that take it; any failure
-    (unknown engine, missing optional dependency, bad --engine-opt, model that does not load) is a
-    ``ConfigError`` with one clear message."""
-    from engines import ENGINES, engine_options, load_engine
+def engine_spec_from(config: EngineOptions):
+    """The :class:`jobs.runner.EngineSpec` a config names (back end, model, constructor options), checked
+    without loading the model: an unknown engine, a missing optional dependency or a bad --engine-opt is a
+    ``ConfigError`` with one clear message. ``--engine module:Class`` names a back end outside the registry."""
+    from engines import ENGINES, engine_options
+    from jobs.runner import EngineSpec
 
     engine, model = config.engine, getattr(config, config.model_field)
-    if engine not in ENGINES:
+    if engine not in ENGINES and ":" not in engine:
         raise ConfigError(f"unknown --engine {engine!r}; choose one of: {', '.join(sorted(ENGINES))}")
     flags = {k: getattr(config, k) for k in ENGINE_FLAGS if k in type(config).model_fields}
     if "trust_remote_code" in flags:
@@ -365,9 +366,37 @@ def load_engine_from(config: EngineOptions):
         options = engine_options(engine, flags, config.engine_opt)
     except ImportError as exc:
         raise ConfigError(f"the {engine!r} engine is not available: {exc}") from None
-    except ValueError as exc:
+    except (ValueError, AttributeError) as exc:
         raise ConfigError(str(exc)) from None
+    return EngineSpec(engine, model, options)
+
+
+def load_engine_from(config: EngineOptions):
+    """Build the engine a config names, passing each option only to back ends that take it; any failure
+    (unknown engine, missing optional dependency, bad --engine-opt, model that does not load) is a
+    ``ConfigError`` with one clear message."""
+    spec = engine_spec_from(config)
     try:
-        return load_engine(engine, model, **options)
+        return spec.load()
     except (ImportError, OSError, ValueError, RuntimeError, TypeError) as exc:
-        raise ConfigError(f"cannot load model {model!r} with the {engine!r} engine: {exc}") from None
+        raise ConfigError(f"cannot load model {spec.model!r} with the {spec.name!r} engine: {exc}") from None
+
+
+# ---- where the batches run: the executor options of every generate / label run command -------------
+
+
+class ExecutorOptions(CommandConfig):
+    """``--executor local|ray``, ``--num-workers``, ``--ray-address``: how a run is executed, not what it
+    produces, so never part of a run's identity (a run may resume with other values); saved in config.yaml."""
+
+    executor: Literal["local", "ray"] = opt("local", "Where the batches run: local (this process) or ray (sharded over Ray "
+                                                     "workers, each with its own engine; pip install 'cai-toolkit[ray]').")
+    num_workers: Optional[int] = opt(None, "--executor ray: number of workers, each loading the model once (default: one per CPU of "
+                                           "the cluster).")
+    ray_address: Optional[str] = opt(None, "--executor ray: cluster to join: auto (started with `ray start --head`), "
+                                           "ray://host:10001 (default: $RAY_ADDRESS, else a local cluster on this machine).",
+                                     redact="url")
+
+    def __post_init__(self) -> None:
+        if self.num_workers is not None and self.num_workers < 1:
+            raise ConfigError(f"--num-workers must be ≥ 1, got {self.num_workers}")

@@ -19,10 +19,19 @@ in any order; records are appended by this process only, so the run directory st
 writer. A per-batch function must therefore depend only on its batch (and on what it was built
 with), never on the order in which batches run — every stage's function already derives its seeds
 from the ids in the batch.
+
+A per-batch function that runs where its engine lives is an :class:`EngineTask`: ``fn(engine, batch)``
+(a top-level function or a ``functools.partial`` of one, so it pickles) plus the :class:`EngineSpec`
+that builds the engine (name, model, options). Locally the task calls ``fn`` with the engine already
+loaded in this process; the Ray executor (:mod:`jobs.ray_executor`) ships ``fn`` and the spec to its
+workers, each of which builds one engine from the spec. Progress notes written with :func:`note`
+reach the bar from a local run and are dropped on a worker; counts a batch reports in
+``BatchResult.counts`` (e.g. tokens) are summed by the runner wherever the batch ran.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import time
 from dataclasses import dataclass, field
@@ -41,6 +50,55 @@ class BatchResult:
 
     records: list[dict]
     skipped: list[dict] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # e.g. {"completion_tokens": …}: summed into JobStats.counts
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How to build an engine anywhere (a picklable recipe): the registered back-end name (or
+    ``module:Class``), the model and the constructor options (``engines.engine_options``)."""
+
+    name: str
+    model: str
+    options: dict = field(default_factory=dict)
+
+    def load(self):
+        from engines import load_engine
+
+        return load_engine(self.name, self.model, **self.options)
+
+
+@dataclass
+class EngineTask:
+    """A per-batch function that needs an engine, in a form other processes can run:
+    ``fn(engine, batch) -> records | BatchResult`` (top-level or a ``functools.partial`` of a top-level
+    function: it is pickled) and the ``spec`` a worker builds its engine from. ``engine``, the engine
+    already loaded in this process (if any), is used by a local run and never pickled. Calling the task
+    with a batch runs it here (loading the engine from ``spec`` on first use when none was given)."""
+
+    fn: Callable[[Any, list], Any]
+    spec: EngineSpec | None = None
+    engine: Any = None
+
+    def __call__(self, batch: list):
+        if self.engine is None:
+            if self.spec is None:
+                raise ValueError("EngineTask has neither an engine nor an engine spec")
+            self.engine = self.spec.load()
+        return self.fn(self.engine, batch)
+
+    def __getstate__(self):
+        return {"fn": self.fn, "spec": self.spec, "engine": None}
+
+
+_NOTE: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("jobs_runner_note", default=None)
+
+
+def note(text: str) -> None:
+    """Show ``text`` on the progress bar of the running job (a local run); a no-op on a remote worker."""
+    show = _NOTE.get()
+    if show is not None:
+        show(text)
 
 
 @dataclass
@@ -54,6 +112,7 @@ class JobStats:
     skipped: list[dict]  # entries of the inputs left out by this call
     batches: int
     seconds: float
+    counts: dict[str, int] = field(default_factory=dict)  # the batches' BatchResult.counts, summed
 
 
 class Executor(Protocol):
@@ -116,7 +175,7 @@ def run_job(
     progress: bool | Progress = True,
     desc: str = "",
     unit: str = "item",
-    status: Callable[[], str] | None = None,
+    status: Callable[[dict], str] | None = None,
     executor: Executor | None = None,
     skipped_file: bool = False,
     close: bool = True,
@@ -126,8 +185,8 @@ def run_job(
     ``process(batch)`` turns a list of items into their records (a list of dicts, appended in one
     write) or a :class:`BatchResult`. ``id_of(item)`` is the id its record will carry (default
     ``item.id``). ``progress`` shows a bar (``desc``, ``unit``) over all items, starting at those
-    already done; pass a :class:`Progress` to write notes on it from ``process``. ``status()``, if
-    given, is shown on the bar after every saved batch. ``executor`` runs the batches
+    already done; ``process`` may write notes on it with :func:`note`. ``status(counts)``, if given,
+    is shown on the bar after every saved batch (``counts``: the batches' ``BatchResult.counts`` so far). ``executor`` runs the batches
     (:class:`LocalExecutor` by default; see the module docstring). ``skipped_file`` writes the
     entries of skipped inputs to RUN_DIR/skipped.jsonl (removing an old list when none were).
 
@@ -139,31 +198,39 @@ def run_job(
     items, chunk_size = list(items), max(1, chunk_size)
     bar = progress if isinstance(progress, Progress) else Progress(bool(progress), desc=desc, unit=unit)
     executor = executor or LocalExecutor()
-    written, batches, skipped = 0, 0, []
+    written, batches, skipped, counts, results = 0, 0, [], {}, None
+    token = _NOTE.set(bar.note)
     try:
         done = run.done_ids()
         todo = [item for item in items if id_of(item) not in done]
         bar.start(len(items), len(items) - len(todo))
         chunks = [todo[i : i + chunk_size] for i in range(0, len(todo), chunk_size)]
-        for batch, result in executor.map(process, chunks):
+        results = executor.map(process, chunks)
+        for batch, result in results:
             if not isinstance(result, BatchResult):
                 result = BatchResult(list(result))
             run.append(result.records)
             written += len(result.records)
             skipped += result.skipped
+            for key, value in result.counts.items():
+                counts[key] = counts.get(key, 0) + value
             batches += 1
             bar.update(len(batch))
             if status is not None:
-                bar.note(status())
+                bar.note(status(counts))
         run.commit()  # an --overwrite run with nothing to do still replaces the old run (by an empty one)
     except BaseException:
         bar.close()
         run.close()
         raise
+    finally:
+        _NOTE.reset(token)
+        if hasattr(results, "close"):  # a generator left early (an error): let the executor stop its workers now
+            results.close()
     bar.close()
     if close:
         run.close()
     if skipped_file:
         write_skipped(run.path, skipped)
     return JobStats(items=len(items), already_done=len(items) - len(todo), todo=len(todo), written=written,
-                    skipped=skipped, batches=batches, seconds=time.monotonic() - start)
+                    skipped=skipped, batches=batches, seconds=time.monotonic() - start, counts=counts)

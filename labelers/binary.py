@@ -10,6 +10,7 @@ confidence = max(p_desirable, 1 − p_desirable).
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Sequence
 from constitution.schema import Constitution
 from engines.base import normalize_logprobs
 from jobs.rundir import RunDir
-from jobs.runner import run_job
+from jobs.runner import EngineSpec, EngineTask, Executor, run_job
 
 from .inputs import Single, load_singles
 from .preference import draw_principles, require_scoring, template_identity
@@ -70,6 +71,26 @@ def single_identity(kind: str, spec: TemplateSpec, constitution, engine, questio
     }
 
 
+def label_binary_batch(engine, batch: list[Single], *, constitution: Constitution | None, question: str | None, spec: TemplateSpec,
+                       template: str, seed: int) -> list[dict]:
+    """One batch of single responses → records. Top-level (picklable with ``functools.partial``): it runs
+    wherever the engine lives (``executor``/``engine_spec`` of the label function)."""
+    stamp = constitution.stamp() if constitution is not None and not question else {}
+    standards = [standard_for(constitution, question, s.id, seed) for s in batch]
+    contexts = [single_context(spec, constitution, engine, s.prompt, s.response, st) for s, st in zip(batch, standards)]
+    records = []
+    for s, st, lp in zip(batch, standards, engine.score_options(contexts, list(spec.options))):
+        p_yes, p_good = desirable_probability(lp, st.invert)
+        records.append(BinaryRecord(
+            id=s.id, source_id=s.source_id, prompt=s.prompt, response=s.response,
+            p_yes=p_yes, p_desirable=p_good, label=p_good >= 0.5, confidence=max(p_good, 1 - p_good),
+            principle_ids=[st.id], inverted=[st.invert], logprobs=lp, options=list(spec.options),
+            template=template, labeler_model=engine.model_id, engine=engine.name, **stamp,
+            seed=seed, source=s.meta,
+        ).dump())
+    return records
+
+
 def label_binary(
     constitution: Constitution | None,
     inputs: str | Path | Sequence[Single],
@@ -84,36 +105,26 @@ def label_binary(
     overwrite: bool = False,
     progress: bool = True,
     config: dict | None = None,
+    executor: Executor | None = None,
+    engine_spec: EngineSpec | None = None,
 ) -> dict:
     """Label every single response desirable/undesirable; write records, exports/kto.* and a summary
-    (``config``, the resolved command config, is saved as RUN_DIR/config.yaml)."""
+    (``config``, the resolved command config, is saved as RUN_DIR/config.yaml). ``executor`` runs the batches (default: here, on
+    ``engine``); a Ray executor builds one engine per worker from ``engine_spec``."""
     from .exports import export_kto
 
     require_scoring(engine)
     spec = template_spec(template, "binary")
     items = load_singles(inputs) if isinstance(inputs, (str, Path)) else list(inputs)
     check_renders(spec, constitution, engine, items, question, seed)
-    stamp = constitution.stamp() if constitution is not None and not question else {}
 
-    def process(batch: list[Single]) -> list[dict]:
-        standards = [standard_for(constitution, question, s.id, seed) for s in batch]
-        contexts = [single_context(spec, constitution, engine, s.prompt, s.response, st) for s, st in zip(batch, standards)]
-        records = []
-        for s, st, lp in zip(batch, standards, engine.score_options(contexts, list(spec.options))):
-            p_yes, p_good = desirable_probability(lp, st.invert)
-            records.append(BinaryRecord(
-                id=s.id, source_id=s.source_id, prompt=s.prompt, response=s.response,
-                p_yes=p_yes, p_desirable=p_good, label=p_good >= 0.5, confidence=max(p_good, 1 - p_good),
-                principle_ids=[st.id], inverted=[st.invert], logprobs=lp, options=list(spec.options),
-                template=template, labeler_model=engine.model_id, engine=engine.name, **stamp,
-                seed=seed, source=s.meta,
-            ).dump())
-        return records
+    task = EngineTask(functools.partial(label_binary_batch, constitution=constitution, question=question, spec=spec,
+                                        template=template, seed=seed), engine_spec, engine=engine)
 
     run = RunDir(run_dir, single_identity("binary", spec, constitution, engine, question, seed), overwrite=overwrite,
                  kind="label-binary", inputs=[inputs] if isinstance(inputs, (str, Path)) else (), config=config)
     try:
-        run_job(run, items, process, chunk_size=batch_size, progress=progress, desc="binary labels", unit="response", close=False)
+        run_job(run, items, task, chunk_size=batch_size, executor=executor, progress=progress, desc="binary labels", unit="response", close=False)
         records = list(run.records(BinaryRecord))
         summary = {
             "responses": len(records),

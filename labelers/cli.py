@@ -12,7 +12,7 @@ import json
 
 import typer
 
-from jobs.config import config_command, config_to_dict, fail, load_engine_from
+from jobs.config import config_command, config_to_dict, engine_spec_from, fail, load_engine_from
 
 from .config import DEFAULT_MODEL, BinaryConfig, EvalConfig, PreferenceConfig, ScoreConfig  # noqa: F401
 
@@ -30,18 +30,31 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from constitution.loader import ConstitutionError
     from constitution.templating import TemplateRenderError
     from engines.base import EngineCapabilityError
+    from jobs.ray_executor import RayExecutorError
     from jobs.rundir import RunDirError
 
     from .inputs import InputError
 
     return (ConstitutionError, TemplateRenderError, EngineCapabilityError, RunDirError, InputError, ValueError,
-            OSError, ImportError)
+            OSError, ImportError, RayExecutorError)
 
 
 def _load_engine(config):
     """The engine the config names (a ConfigError, i.e. a ValueError, if it cannot load); tests replace
     this hook with a fake."""
     return load_engine_from(config)
+
+
+def _executor(config) -> dict:
+    """``executor=`` and ``engine_spec=`` for a label function: none for a local run; with ``--executor
+    ray`` the Ray executor and the spec each worker builds its engine from (the engine is still loaded
+    here too, for the checks before the run: can it score, does the template render)."""
+    if config.executor != "ray":
+        return {}
+    from jobs.ray_executor import make_executor
+
+    spec = engine_spec_from(config)  # a ConfigError is a ValueError: one `error:` line
+    return {"executor": make_executor(config), "engine_spec": spec}
 
 
 def _constitution(name):
@@ -85,11 +98,12 @@ def preference(c: PreferenceConfig):
     def work():
         clamp = _clamp(c.cot_clamp)
         const = _constitution(c.constitution)
+        run_on = _executor(c)
         eng = _load_engine(c)
         return label_preferences(const, c.pairs, eng, c.out, template=c.template, ensemble=c.ensemble,
                                  both_orders=not c.single_order, cot=c.cot, cot_clamp=clamp, cot_max_tokens=c.cot_max_tokens,
                                  seed=c.seed, batch_size=c.batch_size, all_pairs=c.all_pairs, min_margin=c.min_margin,
-                                 overwrite=c.overwrite, progress=not c.quiet, config=config_to_dict(c, resolved=True))
+                                 overwrite=c.overwrite, progress=not c.quiet, config=config_to_dict(c, resolved=True), **run_on)
 
     summary = _run(work)
     typer.echo(json.dumps(summary, indent=2))
@@ -109,10 +123,11 @@ def binary(c: BinaryConfig):
 
     def work():
         const = None if c.question else _constitution(c.constitution)
+        run_on = _executor(c)
         eng = _load_engine(c)
         return label_binary(const, c.inputs, eng, c.out, question=c.question, template=c.template, seed=c.seed,
                             batch_size=c.batch_size, min_margin=c.min_margin, overwrite=c.overwrite, progress=not c.quiet,
-                            config=config_to_dict(c, resolved=True))
+                            config=config_to_dict(c, resolved=True), **run_on)
 
     typer.echo(json.dumps(_run(work), indent=2))
 
@@ -131,10 +146,11 @@ def score(c: ScoreConfig):
 
     def work():
         const = None if c.question else _constitution(c.constitution)
+        run_on = _executor(c)
         eng = _load_engine(c)
         return label_scores(const, c.inputs, eng, c.out, question=c.question, template=c.template, seed=c.seed,
                             batch_size=c.batch_size, overwrite=c.overwrite, progress=not c.quiet,
-                            config=config_to_dict(c, resolved=True))
+                            config=config_to_dict(c, resolved=True), **run_on)
 
     typer.echo(json.dumps(_run(work), indent=2))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from jobs.config import EngineOptions, opt
+from jobs.config import EngineOptions, ExecutorOptions, opt
 
 DEFAULT_MODEL = "smollm2-135m"
 OVERWRITE_HELP = ("Start over: replace this run (only files a run owns; other files stay) once the new run has written its "
@@ -25,8 +25,8 @@ class LabelEngineOptions(EngineOptions):
     quiet: bool = opt(False, "No progress bar.", short="-q", transient=True)
 
 
-class LabelRunConfig(LabelEngineOptions):
-    """The label commands that write a run directory."""
+class LabelRunConfig(LabelEngineOptions, ExecutorOptions):
+    """The label commands that write a run directory (also: where their batches run)."""
 
     out: Path = opt(..., "Run directory for records.jsonl, exports/ and summary.json.", short="-o", required=True)
     constitution: str = opt("harmless", "Library name or path of the constitution; one feedback principle is drawn per item.")

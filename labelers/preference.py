@@ -21,6 +21,7 @@ generated first and each per-order value is clamped to ``cot_clamp`` before aver
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -30,7 +31,7 @@ from typing import Sequence
 from constitution.schema import Constitution, FeedbackPrinciple
 from engines.base import EngineCapabilityError, GenerationParams, normalize_logprobs
 from jobs.rundir import RunDir, stable_id
-from jobs.runner import run_job
+from jobs.runner import EngineSpec, EngineTask, Executor, run_job
 
 from .inputs import Comparison, load_comparisons
 from .prompts import TemplateSpec, conversation_text, render_context, template_spec, template_text
@@ -161,6 +162,48 @@ def template_identity(spec: TemplateSpec, constitution: Constitution | None) -> 
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
+def label_preference_batch(engine, batch: list[Comparison], *, constitution: Constitution, spec: TemplateSpec, template: str,
+                           ensemble: int, orders: Sequence[str], cot: bool, cot_clamp: tuple[float, float],
+                           cot_max_tokens: int, seed: int) -> list[dict]:
+    """One batch of comparisons → preference records (one score_options call). Top-level (picklable with
+    ``functools.partial``): it runs wherever the engine lives."""
+    per_pair = ensemble * len(orders)
+    contexts, plan = [], []
+    for comp in batch:
+        principles = draw_principles(constitution, comp.id, ensemble, seed)
+        examples = few_shot_examples(constitution, comp.id, seed)
+        plan.append(principles)
+        for p in principles:
+            for order in orders:
+                first, second = (comp.response_a, comp.response_b) if order == "ab" else (comp.response_b, comp.response_a)
+                contexts.append(comparison_context(spec, constitution, engine, prompt=comp.prompt, first=first,
+                                                   second=second, principle_text=p.text, examples=examples, cot=cot))
+    logprobs, rationales = score_contexts(engine, spec, contexts, cot=cot, cot_max_tokens=cot_max_tokens, seed=seed)
+    records = []
+    for n, (comp, principles) in enumerate(zip(batch, plan)):
+        rows = range(n * per_pair, (n + 1) * per_pair)
+        by_order = {o: [logprobs[r] for r in rows][i :: len(orders)] for i, o in enumerate(orders)}
+        raw = {o: [first_option_probability(lp) for lp in by_order[o]] for o in orders}
+        inverted = [p.invert for p in principles]
+        result = combine_orders(raw["ab"], raw.get("ba"), inverted, cot_clamp if cot else None)
+        extra = {}
+        if cot:
+            chosen_rows = [rationales[r] for r in rows]
+            extra = {"cot_rationales": {o: chosen_rows[i :: len(orders)] for i, o in enumerate(orders)},
+                     "cot_clamp": list(cot_clamp)}
+        records.append(PreferenceRecord(
+            id=comp.id, source_id=comp.source_id, prompt=comp.prompt,
+            response_a=comp.response_a, response_b=comp.response_b,
+            response_indices=list(comp.indices) if comp.indices else None, input_chosen=comp.input_chosen,
+            **result, p_ab=raw["ab"], p_ba=raw.get("ba"),
+            principle_ids=[p.id for p in principles], inverted=inverted,
+            logprobs={o: by_order[o] for o in orders}, options=list(spec.options),
+            template=template, labeler_model=engine.model_id, engine=engine.name,
+            **constitution.stamp(), seed=seed, source=comp.meta, **extra,
+        ).dump())
+    return records
+
+
 def label_preferences(
     constitution: Constitution,
     pairs: str | Path | Sequence[Comparison],
@@ -180,10 +223,13 @@ def label_preferences(
     overwrite: bool = False,
     progress: bool = True,
     config: dict | None = None,
+    executor: Executor | None = None,
+    engine_spec: EngineSpec | None = None,
 ) -> dict:
     """Label every comparison, append records to RUN_DIR/records.jsonl (resumable), write the
     exports and RUN_DIR/summary.json, and return the summary. ``config`` (the resolved command
-    config) is saved as RUN_DIR/config.yaml."""
+    config) is saved as RUN_DIR/config.yaml. ``executor`` runs the batches (default: here, on
+    ``engine``); a Ray executor builds one engine per worker from ``engine_spec``."""
     from .exports import export_preferences, preference_summary
 
     require_scoring(engine)
@@ -206,47 +252,15 @@ def label_preferences(
     orders = ORDERS if both_orders else ORDERS[:1]
     per_pair = ensemble * len(orders)
 
-    def process(batch: list[Comparison]) -> list[dict]:
-        contexts, plan = [], []
-        for comp in batch:
-            principles = draw_principles(constitution, comp.id, ensemble, seed)
-            examples = few_shot_examples(constitution, comp.id, seed)
-            plan.append(principles)
-            for p in principles:
-                for order in orders:
-                    first, second = (comp.response_a, comp.response_b) if order == "ab" else (comp.response_b, comp.response_a)
-                    contexts.append(comparison_context(spec, constitution, engine, prompt=comp.prompt, first=first,
-                                                       second=second, principle_text=p.text, examples=examples, cot=cot))
-        logprobs, rationales = score_contexts(engine, spec, contexts, cot=cot, cot_max_tokens=cot_max_tokens, seed=seed)
-        records = []
-        for n, (comp, principles) in enumerate(zip(batch, plan)):
-            rows = range(n * per_pair, (n + 1) * per_pair)
-            by_order = {o: [logprobs[r] for r in rows][i :: len(orders)] for i, o in enumerate(orders)}
-            raw = {o: [first_option_probability(lp) for lp in by_order[o]] for o in orders}
-            inverted = [p.invert for p in principles]
-            result = combine_orders(raw["ab"], raw.get("ba"), inverted, cot_clamp if cot else None)
-            extra = {}
-            if cot:
-                chosen_rows = [rationales[r] for r in rows]
-                extra = {"cot_rationales": {o: chosen_rows[i :: len(orders)] for i, o in enumerate(orders)},
-                         "cot_clamp": list(cot_clamp)}
-            records.append(PreferenceRecord(
-                id=comp.id, source_id=comp.source_id, prompt=comp.prompt,
-                response_a=comp.response_a, response_b=comp.response_b,
-                response_indices=list(comp.indices) if comp.indices else None, input_chosen=comp.input_chosen,
-                **result, p_ab=raw["ab"], p_ba=raw.get("ba"),
-                principle_ids=[p.id for p in principles], inverted=inverted,
-                logprobs={o: by_order[o] for o in orders}, options=list(spec.options),
-                template=template, labeler_model=engine.model_id, engine=engine.name,
-                **constitution.stamp(), seed=seed, source=comp.meta, **extra,
-            ).dump())
-        return records
+    task = EngineTask(functools.partial(label_preference_batch, constitution=constitution, spec=spec, template=template,
+                                        ensemble=ensemble, orders=orders, cot=cot, cot_clamp=cot_clamp,
+                                        cot_max_tokens=cot_max_tokens, seed=seed), engine_spec, engine=engine)
 
     run = RunDir(run_dir, identity, overwrite=overwrite, kind="label-preference",
                  inputs=[pairs] if isinstance(pairs, (str, Path)) else (), config=config)
     try:
-        run_job(run, comparisons, process, chunk_size=max(1, batch_size // per_pair), progress=progress,
-                desc="labeling", unit="pair", close=False)
+        run_job(run, comparisons, task, chunk_size=max(1, batch_size // per_pair), progress=progress,
+                desc="labeling", unit="pair", executor=executor, close=False)
         summary = preference_summary(run.records(PreferenceRecord))
         summary["exports"] = export_preferences(run.path, min_margin=min_margin)
         (run.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

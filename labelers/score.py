@@ -20,6 +20,7 @@ template asks for 10 = worst, so E is mirrored (11 − E).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -28,12 +29,12 @@ from typing import Sequence
 from constitution.schema import Constitution
 from engines.base import normalize_logprobs
 from jobs.rundir import RunDir
-from jobs.runner import run_job
+from jobs.runner import EngineSpec, EngineTask, Executor, run_job
 
 from .binary import Standard, check_renders, single_context, single_identity, standard_for
 from .inputs import Single, as_messages, load_singles
 from .preference import require_scoring
-from .prompts import TEMPLATES, template_spec
+from .prompts import TEMPLATES, TemplateSpec, template_spec
 from .records import ScoreRecord
 
 DEFAULT_STANDARD = "Is the reply helpful, honest and harmless?"
@@ -113,6 +114,21 @@ def score_responses(engine, prompts: Sequence, responses: Sequence[str], *, prin
     return rewards
 
 
+def label_score_batch(engine, batch: list[Single], *, constitution: Constitution | None, question: str | None, spec: TemplateSpec,
+                      template: str, seed: int) -> list[dict]:
+    """One batch of single responses → records. Top-level (picklable with ``functools.partial``): it runs
+    wherever the engine lives (``executor``/``engine_spec`` of the label function)."""
+    stamp = constitution.stamp() if constitution is not None and not question else {}
+    standards = [standard_for(constitution, question, s.id, seed) for s in batch]
+    details = score_details(engine, [s.prompt for s in batch], [s.response for s in batch], standards,
+                            constitution=constitution, template=template)
+    return [ScoreRecord(
+        id=s.id, source_id=s.source_id, prompt=s.prompt, response=s.response, **d,
+        principle_ids=[st.id], inverted=[st.invert], options=list(RATING_OPTIONS), template=template,
+        labeler_model=engine.model_id, engine=engine.name, **stamp, seed=seed, source=s.meta,
+    ).dump() for s, st, d in zip(batch, standards, details)]
+
+
 def label_scores(
     constitution: Constitution | None,
     inputs: str | Path | Sequence[Single],
@@ -126,32 +142,27 @@ def label_scores(
     overwrite: bool = False,
     progress: bool = True,
     config: dict | None = None,
+    executor: Executor | None = None,
+    engine_spec: EngineSpec | None = None,
 ) -> dict:
     """Score every single response; write records, exports/scores.* and a summary (``config``, the
-    resolved command config, is saved as RUN_DIR/config.yaml)."""
+    resolved command config, is saved as RUN_DIR/config.yaml). ``executor`` runs the batches (default: here, on
+    ``engine``); a Ray executor builds one engine per worker from ``engine_spec``."""
     from .exports import export_scores
 
     require_scoring(engine)
     spec = template_spec(template, "score")
     items = load_singles(inputs) if isinstance(inputs, (str, Path)) else list(inputs)
     check_renders(spec, constitution, engine, items, question, seed)
-    stamp = constitution.stamp() if constitution is not None and not question else {}
 
-    def process(batch: list[Single]) -> list[dict]:
-        standards = [standard_for(constitution, question, s.id, seed) for s in batch]
-        details = score_details(engine, [s.prompt for s in batch], [s.response for s in batch], standards,
-                                constitution=constitution, template=template)
-        return [ScoreRecord(
-            id=s.id, source_id=s.source_id, prompt=s.prompt, response=s.response, **d,
-            principle_ids=[st.id], inverted=[st.invert], options=list(RATING_OPTIONS), template=template,
-            labeler_model=engine.model_id, engine=engine.name, **stamp, seed=seed, source=s.meta,
-        ).dump() for s, st, d in zip(batch, standards, details)]
+    task = EngineTask(functools.partial(label_score_batch, constitution=constitution, question=question, spec=spec,
+                                        template=template, seed=seed), engine_spec, engine=engine)
 
     run = RunDir(run_dir, {**single_identity("score", spec, constitution, engine, question, seed), "rating": "digits"},
                  overwrite=overwrite, kind="label-score", inputs=[inputs] if isinstance(inputs, (str, Path)) else (),
                  config=config)
     try:
-        run_job(run, items, process, chunk_size=batch_size, progress=progress, desc="scores", unit="response", close=False)
+        run_job(run, items, task, chunk_size=batch_size, executor=executor, progress=progress, desc="scores", unit="response", close=False)
         records = list(run.records(ScoreRecord))
         summary = {
             "responses": len(records),
