@@ -18,7 +18,8 @@ from types import SimpleNamespace
 import typer
 
 from engines import EngineCapabilityError
-from jobs.config import ConfigError, config_command, config_to_dict, engine_spec_from, fail, load_engine_from
+from jobs.config import ConfigError, config_command, config_to_dict, fail
+from jobs.options import engine_spec_from, load_engine_from
 
 from .config import DEFAULT_MODEL, ExportConfig, PairsConfig, SLCAIConfig  # noqa: F401  (DEFAULT_MODEL: kept importable)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from jobs.config import CommandConfig, EngineOptions, ExecutorOptions, opt
+from jobs.config import CommandConfig, opt
+from jobs.options import EngineOptions, ExecutorOptions
 
 DEFAULT_MODEL = "smollm2-135m"
 ON_LONG_HELP = ("transformers/vllm: a prompt too long for the model's context with --max-new-tokens is cut to its last tokens "

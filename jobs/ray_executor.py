@@ -122,7 +122,7 @@ class RayExecutor:
 
 
 def make_executor(config) -> RayExecutor | None:
-    """The executor a command's :class:`jobs.config.ExecutorOptions` name (``None``: local)."""
+    """The executor a command's :class:`jobs.options.ExecutorOptions` name (``None``: local)."""
     if getattr(config, "executor", "local") != "ray":
         return None
     return RayExecutor(config.num_workers, config.ray_address)

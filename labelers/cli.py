@@ -12,7 +12,8 @@ import json
 
 import typer
 
-from jobs.config import config_command, config_to_dict, engine_spec_from, fail, load_engine_from
+from jobs.config import config_command, config_to_dict, fail
+from jobs.options import engine_spec_from, load_engine_from
 
 from .config import DEFAULT_MODEL, BinaryConfig, EvalConfig, PreferenceConfig, ScoreConfig  # noqa: F401
 

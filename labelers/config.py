@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from jobs.config import EngineOptions, ExecutorOptions, opt
+from jobs.config import opt
+from jobs.options import EngineOptions, ExecutorOptions
 
 DEFAULT_MODEL = "smollm2-135m"
 OVERWRITE_HELP = ("Start over: replace this run (only files a run owns; other files stay) once the new run has written its "
