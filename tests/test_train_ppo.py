@@ -333,13 +333,14 @@ def test_ai_reward_scores_in_range(tmp_path, prompts_file, policy_dir, tiny_mode
 
 
 def test_mask_after_eos_keeps_the_first_eos_and_flags_unfinished():
-    from trainers.rollout import left_pad, mask_after_eos
+    from engines.prefix_cache import left_pad
+    from trainers.rollout import mask_after_eos
 
     ids = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 2, 2, 2]])
     mask, finished = mask_after_eos(ids, [2])
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
     assert finished.tolist() == [True, False, True]
-    padded, pad_mask = left_pad([[1, 2, 3], [4]], pad_id=0)
+    padded, pad_mask, _ = left_pad([[1, 2, 3], [4]], pad_token_id=0, device="cpu")
     assert padded.tolist() == [[1, 2, 3], [0, 0, 4]] and pad_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 

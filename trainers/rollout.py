@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from engines.prefix_cache import left_pad
+
 
 @dataclass
 class Rollout:
@@ -56,18 +58,6 @@ def render_prompt_ids(tokenizer, conversations: list[list[dict]], max_prompt_tok
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         out.append(ids[-max_prompt_tokens:])
     return out
-
-
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists to ``[B, max_len]``: ``(ids, mask)``."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        if s:
-            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-    return ids, mask
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -116,7 +106,7 @@ def sample_rollout(
     sampling config of :func:`sampling_config`, and — for the duration — in place of the model's own
     ``generation_config`` too, since ``generate`` fills every field left unset (``min_p``,
     ``sequence_bias``, ``suppress_tokens``, …, which have no neutral value but None) from it."""
-    ids, mask = left_pad(prompt_ids, pad_id)
+    ids, mask, _ = left_pad(prompt_ids, pad_id, "cpu")
     device = next(model.parameters()).device
     config = sampling_config(max_new_tokens, temperature, eos_ids, pad_id)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a peft wrapper
