@@ -106,12 +106,17 @@ def _judge(data: Any, where: str, path: str) -> dict:
     for pid, counts in sorted(per.items()):
         if not isinstance(counts, dict):
             raise ReportError(f"{where}: {path}.per_principle.{pid}: expected an object")
-        row = {"principle": pid}
+        row = {"principle": pid, "win_ci95": None}
         for k in ("win", "tie", "loss", "n"):
             if not _number(counts.get(k)):
-                raise ReportError(f"{where}: {path}.per_principle.{pid}.{k}: expected a number, got {counts.get(k)!r:.40}")
+                raise ReportError(f"{where}: {path}.per_principle.{pid}.{k}: expected a number, got {counts.get(k, 'nothing')!r:.40}")
             row[k] = counts[k]
+        ci = counts.get("win_ci95")
+        if isinstance(ci, list) and len(ci) == 2 and all(_number(x) for x in ci):
+            row["win_ci95"] = ci
         out["per_principle"].append(row)
+    out["judge"] = str(data.get("judge") or "")
+    out["flip_rate"] = data.get("position_flip_rate") if _number(data.get("position_flip_rate")) else None
     return out
 
 
@@ -123,6 +128,10 @@ def eval_section(run: Run) -> dict:
         raise ReportError(f"{where}: judges: expected an object with at least one judge (labeler, pm)")
     parsed = {name: _judge(j, where, f"judges.{name}") for name, j in judges.items()}
     length = s.get("length") if isinstance(s.get("length"), dict) else None
+    if length is not None and not all(_number(length.get(k)) for k in ("a", "b")):
+        length = None  # no answers compared (every prompt skipped): nothing to say about length
     return {"name": run.name, "n": s.get("n"), "model_a": str(s.get("model_a", "A")), "model_b": str(s.get("model_b", "B")),
-            "judges": parsed, "length": length,
+            "judges": parsed, "length": length, "constitution": s.get("constitution"),
+            "agreement": s.get("judge_agreement") if _number(s.get("judge_agreement")) else None,
+            "skipped": s.get("prompts_skipped") if _number(s.get("prompts_skipped")) else 0,
             "chart": plots.win_rates(parsed, title=f"{run.name}: {s.get('model_b', 'B')} vs {s.get('model_a', 'A')}")}

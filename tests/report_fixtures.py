@@ -93,8 +93,8 @@ EVAL_SUMMARY = {
     "kind": "eval-winrate", "n": 40, "model_a": "runs/sft", "model_b": f"runs/ppo {HOSTILE}",
     "judges": {
         "labeler": {"win": 0.55, "tie": 0.1, "loss": 0.35, "win_ci95": [0.4, 0.69],
-                    "per_principle": {"harmless-a": {"win": 12, "tie": 2, "loss": 6, "n": 20},
-                                      HOSTILE: {"win": 10, "tie": 2, "loss": 8, "n": 20}}},
+                    "per_principle": {"harmless-a": {"win": 0.6, "tie": 0.1, "loss": 0.3, "n": 20, "win_ci95": [0.39, 0.78]},
+                                      HOSTILE: {"win": 0.5, "tie": 0.1, "loss": 0.4, "n": 20}}},
         "pm": {"win": 0.6, "tie": 0.0, "loss": 0.4, "win_ci95": [0.45, 0.74], "per_principle": {}},
     },
     "length": {"a": 41.5, "b": 57.25, "unit": "tokens"},

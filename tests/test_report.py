@@ -157,3 +157,20 @@ def test_renders_in_headless_chromium(rendered, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(shot, ARTIFACTS / "report.png")
     print(f"screenshot: {ARTIFACTS / 'report.png'}")
+
+
+def test_reads_a_summary_built_by_the_winrate_code(tmp_path):
+    """The judges' blocks as `cai eval winrate` builds them (pipeline.stats), not only the hand-written one."""
+    from pipeline.stats import agreement, judge_summary
+
+    p_b, groups = [0.9, 0.8, 0.5, 0.2, 0.7, 0.52], [["less-harmful"], ["respectful"], ["less-harmful"], ["respectful"], ["less-harmful"], ["x"]]
+    summary = {"kind": "eval-winrate", "n": 6, "model_a": "runs/sft", "model_b": "runs/dpo", "constitution": "harmless@1.0",
+               "judges": {"labeler": {**judge_summary(p_b, groups), "judge": "smollm2-135m", "position_flip_rate": 0.25},
+                          "pm": {**judge_summary(p_b[::-1], groups), "judge": "runs/pm"}},
+               "judge_agreement": agreement(p_b, p_b[::-1]), "prompts_skipped": 1,
+               "length": {"a": 20.5, "b": 31.0, "unit": "tokens", "a_chars": 90.0, "b_chars": 140.0}}
+    write_json(tmp_path / "eval" / "summary.json", summary)
+    html, shown = build_report([tmp_path / "eval"])
+    assert shown["evaluation"] == ["eval"]
+    assert "B wins" in html and "66.7 %" in html and "1 prompt(s) skipped" in html and "(90 and 140 characters)" in html
+    assert "give the same verdict on" in html and "25.0 %" in html
