@@ -128,7 +128,7 @@ def read_yaml_config(path: str | Path, kind: str = "config files") -> tuple[dict
             return {}, {}
         lines, dupes = _yaml_lines(node)
         if dupes:
-            raise ConfigError(f"{path}:{dupes[0].line}: {dupes[0].path}: {dupes[0].message}")
+            raise ConfigError(f"{path}:{dupes[0].line}: {dupes[0].key_path}: {dupes[0].message}")
         data = loader.construct_document(node)
     except YAMLRefused as exc:
         raise ConfigError(f"{path}:{exc.line}: {exc.message}") from None

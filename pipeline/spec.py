@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from constitution.loader import format_key_path
-from jobs.config import ConfigError, read_yaml_config
+from jobs.config import _LOADING, ConfigError, read_yaml_config  # _LOADING: errors come back unrendered, we add file:line
 
 from .commands import Command, commands, reference_value
 
@@ -181,6 +181,7 @@ def _resolve_refs(at, key_loc, field_name, value, command: Command, stage: Stage
 
 def _validate(at: _Where, loc: tuple, cls, values: dict, written: dict):
     spelled = {str(k).replace("-", "_"): k for k in written}
+    token = _LOADING.set(True)
     try:
         return cls.model_validate(values)
     except ValidationError as exc:
@@ -188,9 +189,11 @@ def _validate(at: _Where, loc: tuple, cls, values: dict, written: dict):
         original = (first.get("ctx") or {}).get("error")
         where = tuple(first.get("loc") or ())
         name = where[0] if where else None
+        if isinstance(original, ConfigError):  # a cross-field check: "--batch-size must be ≥ 1" points at batch_size
+            flag = re.match(r"--([a-z0-9-]+)", str(original))
+            name = flag.group(1).replace("-", "_") if flag and flag.group(1).replace("-", "_") in spelled else None
+            raise at.error(loc + ((spelled[name],) if name else ()), str(original)) from None
         key_loc = loc + ((spelled.get(name, name),) + where[1:] if name else ())
-        if isinstance(original, ConfigError):
-            raise at.error(key_loc, str(original)) from None
         kind, got = first.get("type", ""), first.get("input")
         if kind == "literal_error":
             message = f"{first.get('msg')}; got {got!r}"
@@ -199,6 +202,8 @@ def _validate(at: _Where, loc: tuple, cls, values: dict, written: dict):
         raise at.error(key_loc, message) from None
     except ConfigError as exc:
         raise at.error(loc, str(exc)) from None
+    finally:
+        _LOADING.reset(token)
 
 
 def _check_inputs(at: _Where, loc: tuple, stage: Stage, written: dict) -> None:

@@ -36,7 +36,7 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> list[float]:
 
 def outcome(p_b: float, tie_margin: float = 0.05) -> str:
     """"win", "tie" or "loss" for B, given p_b = P(B better than A)."""
-    if abs(p_b - 0.5) < tie_margin:
+    if abs(p_b - 0.5) < tie_margin - 1e-9:  # the tolerance keeps 0.45 and 0.55 (0.0499999… in floats) out of the ties
         return "tie"
     return "win" if p_b > 0.5 else "loss"
 
