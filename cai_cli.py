@@ -14,7 +14,7 @@ from constitution.cli import app as constitution_app
 from generators.cli import export_command, generate_app
 from labelers.cli import app as label_app
 from pipeline.cli import eval_app, run_command
-from report.cli import report_command
+from report.cli import diff_command, report_command, try_command
 from trainers.cli import app as train_app
 
 app = typer.Typer(
@@ -31,6 +31,8 @@ app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.command("run")(run_command)
 app.command("report")(report_command)
+constitution_app.command("diff")(diff_command)  # report floor: --run reads stage records
+constitution_app.command("try")(try_command)  # report floor: runs generators.critique_revision
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -27,23 +27,24 @@ def write_json(path: Path, obj) -> None:
 
 
 class EchoEngine:
-    """Initial answers are the prompt echoed; critiques quote the request; a revision rewrites the answer for
-    every other prompt and keeps it otherwise, so some revisions differ materially and some do not."""
+    """Initial answers echo the prompt ("Answer: …"); the turn after an answer or a revision is a critique, the
+    turn after a critique a revision ("Revised: …"), which keeps the answer when the prompt's last character has
+    an odd code and rewrites it otherwise — so some revisions differ materially and some do not."""
 
     name, model_id, can_score = "fake", "echo-model", False
 
     def generate(self, requests, params):
         out = []
         for r in requests:
-            last = r[-1]["content"]
-            n_turns = len(r)
-            if "revis" in last.lower() or "rewrite" in last.lower():
-                first_answer = next(m["content"] for m in r[::-1] if m["role"] == "assistant" and m["content"].startswith("Answer:"))
-                text = first_answer if int(first_answer.split("#")[1][:1]) % 2 else "A completely different, careful and harmless reply."
-            elif n_turns and r[-2:-1] and any(m["role"] == "assistant" for m in r):
+            before = r[-2]["content"] if len(r) >= 2 and r[-2]["role"] == "assistant" else ""
+            if before.startswith(("Answer:", "Revised:")):
                 text = f"Critique {HOSTILE}: the answer could be more careful."
+            elif before.startswith("Critique"):
+                answer = next(m["content"] for m in reversed(r) if m["role"] == "assistant" and m["content"].startswith("Answer:"))
+                keep = ord(answer.split("|")[1][-1:] or "a") % 2
+                text = "Revised: " + (answer if keep else "A completely different, careful and harmless reply.")
             else:
-                text = f"Answer: #{last[-1]} {last} with some more words to make it long enough"
+                text = f"Answer: |{r[-1]['content']}| with some more words to make it long enough"
             out.append(Completion(text=text, prompt_tokens=5, completion_tokens=5, finish_reason="stop"))
         return out
 
