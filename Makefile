@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cai-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test test-fast lint setup bench clean
+.PHONY: demo test test-fast lint setup setup-browser bench clean
 
 setup: $(STAMP)
 
@@ -30,8 +30,15 @@ demo: $(STAMP)
 		--out $(DEMO_OUT) --show-example
 
 # CI runs `make test`: lint first (ruff, configured in pyproject.toml), then the whole suite.
-test: lint
+test: lint setup-browser
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# tests/test_report.py opens the report in headless Chromium (Debian's chromium package; the test is skipped
+# where no browser is installed). Needs root and apt on a fresh CI machine; elsewhere it only says so.
+setup-browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "setup-browser: could not install chromium (not root, or no apt); the browser test will be skipped"
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
