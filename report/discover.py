@@ -4,7 +4,7 @@ A folder is a run when it holds one of the files the stages write:
 
 - ``run.json`` (generate / label runs, and any run made by the job runner): its ``kind``;
 - ``summary.json`` with a ``kind`` (e.g. ``eval-winrate``, ``label-eval``), a ``trainer`` (sft, pm, dpo,
-  kto) or an ``algo`` (ppo, rloo);
+  kto) or an ``algo`` (ppo, rloo, grpo);
 - ``metrics.jsonl`` of a training run still in progress (no summary yet): the kind is told by its keys;
 - a ``cai label eval`` output: a JSON file of its metrics (``agreement_avg``) or a JSONL of its rows
   (``p_first_avg``, ``gold_first``).
@@ -23,7 +23,8 @@ from typing import Any, Iterable
 
 MAX_DEPTH = 4
 SKIP_DIRS = {"checkpoints", "exports", "tensorboard", "wandb", "__pycache__", "node_modules"}
-TRAIN_KINDS = ("train-sft", "train-pm", "train-dpo", "train-kto", "train-ppo", "train-rloo")
+TRAIN_KINDS = ("train-sft", "train-pm", "train-dpo", "train-kto", "train-ppo", "train-rloo", "train-grpo")
+ONLINE_ALGOS = ("ppo", "rloo", "grpo")  # `cai train ppo --algo`
 EVAL_METRIC_KEYS = ("agreement_avg", "comparisons")
 
 
@@ -80,7 +81,7 @@ def _first_json_line(path: Path) -> dict | None:
 def _training_kind(path: Path, summary: dict, config: dict) -> str | None:
     if summary.get("trainer") in ("sft", "pm", "dpo", "kto"):
         return "train-" + summary["trainer"]
-    if summary.get("algo") in ("ppo", "rloo"):
+    if summary.get("algo") in ONLINE_ALGOS:
         return "train-" + summary["algo"]
     metrics = path / "metrics.jsonl"
     if not metrics.exists():
@@ -97,7 +98,7 @@ def _training_kind(path: Path, summary: dict, config: dict) -> str | None:
             if isinstance(obj, dict):
                 keys |= {k.removeprefix("eval_") for k in obj}
     if "reward" in keys and "kl" in keys:
-        return "train-rloo" if config.get("algo") == "rloo" else "train-ppo"
+        return "train-" + config["algo"] if config.get("algo") in ONLINE_ALGOS else "train-ppo"
     if keys & {"rewards/desirable", "rewards/undesirable"}:
         return "train-kto"
     if "rewards/chosen" in keys or "rewards/margins" in keys:

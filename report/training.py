@@ -39,7 +39,7 @@ def training_section(run: Run) -> dict:
     for n, r in enumerate(rows, 1):
         if not isinstance(r.get("step"), int):
             raise ReportError(f"{metrics_file}:{n}: key 'step': expected an integer, got {r.get('step')!r}")
-    online = run.kind in ("train-ppo", "train-rloo")
+    online = run.kind in ("train-ppo", "train-rloo", "train-grpo")
     panels = []
     for title, keys in PANELS["online" if online else "offline"]:
         series = {}

@@ -44,6 +44,16 @@ def test_discovery_finds_every_kind(root):
     assert [r.kind for r in discover([root / "ppo"])] == ["train-ppo"]  # a single run directory as the root
 
 
+def test_online_algo_from_config_or_summary(tmp_path):
+    for algo in ("rloo", "grpo"):
+        write_jsonl(tmp_path / algo / "metrics.jsonl", metrics_rows("ppo"))
+        (tmp_path / algo / "config.yaml").write_text(f"algo: {algo}\nmodel: runs/sft\n")
+    write_jsonl(tmp_path / "done" / "metrics.jsonl", metrics_rows("ppo"))
+    write_json(tmp_path / "done" / "summary.json", {"algo": "grpo", "model": "runs/sft"})
+    assert {r.name: r.kind for r in discover([tmp_path])} == {f"{tmp_path.name}/done": "train-grpo",
+                                                             f"{tmp_path.name}/grpo": "train-grpo", f"{tmp_path.name}/rloo": "train-rloo"}
+
+
 def test_similarity_definition():
     assert similarity("a b c", "a b c") == 1.0
     assert similarity("", "") == 1.0
