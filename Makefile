@@ -29,6 +29,15 @@ demo: $(STAMP)
 		--rounds 1 --max-new-tokens 64 --batch-size 8 \
 		--out $(DEMO_OUT) --show-example
 
+# The whole loop on the embedded model (pipelines/tiny-cpu.yaml) into $(LOOP_OUT); rerun it and finished
+# stages are skipped. Then the HTML report of it, once `cai report` is there.
+LOOP_OUT ?= runs/loop
+
+.PHONY: demo-loop
+demo-loop: $(STAMP)
+	$(VENV)/bin/cai run pipelines/tiny-cpu.yaml --out $(LOOP_OUT)
+	@if $(VENV)/bin/cai report --help >/dev/null 2>&1; then $(VENV)/bin/cai report $(LOOP_OUT) --out $(LOOP_OUT)/report.html; fi
+
 # CI runs `make test`: lint first (ruff, configured in pyproject.toml), then the whole suite.
 test: lint setup-browser
 	$(PY) -m pytest -q -p no:cacheprovider

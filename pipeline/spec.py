@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,8 @@ def _stage(at: _Where, i: int, raw: Any, table: dict[str, Command], earlier: dic
         if field_name in command.fixed and value != command.fixed[field_name]:
             raise at.error(key_loc, f"the {command_name} command means {field_name}: {command.fixed[field_name]}")
         values[field_name] = _resolve_refs(at, key_loc, field_name, value, command, stage, earlier, root)
+        if isinstance(value, dict) and typing.get_origin(cls.model_fields[field_name].annotation) is list:
+            values[field_name] = [values[field_name]]  # `reward: {from: pm}` where the option is repeatable
     for field_name, rel in command.out_fields.items():
         values[field_name] = str(folder / rel) if rel != "." else str(folder)
     values.update(command.fixed)

@@ -164,3 +164,11 @@ def test_missing_input_file_is_reported_before_anything_runs(tmp_path, prompts):
     result = CliRunner().invoke(app, ["run", str(file), "--out", str(tmp_path / "root")])
     assert result.exit_code == 2 and re.search(r"p\.yaml:5: stages\[0\]\.config\.prompts: no such file or folder: .*nope\.jsonl",
                                                result.output), result.output
+
+
+@pytest.mark.parametrize("name", ["tiny-cpu", "gpu-8b"])
+def test_shipped_pipelines_validate(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)  # their paths are relative to the repository root
+    out = cai("run", f"pipelines/{name}.yaml", "--out", tmp_path / "root", "--dry-run")
+    plan = actions(out)
+    assert set(plan.values()) == {"run"} and {"sl-cai", "sft", "pairs", "label", "pm", "dpo", "ppo", "eval-dpo", "eval-ppo"} == set(plan)
