@@ -43,10 +43,12 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def build_biased_policy(path: Path, seed: int = 0, word_logit: float = 10.0, eos_logit: float = 9.0) -> list[int]:
+def build_biased_policy(path: Path, seed: int = 0, word_logit: float = 10.0, eos_logit: float = 9.0,
+                        hidden_size: int = 32, heads: int = 4) -> list[int]:
     """A tiny Llama that writes mostly WORDS: every input embedding gets a constant +1 in dimension 0, which
-    survives to the final norm as ≈ +5.7, and the output rows of WORDS (and EOS) read that dimension, so
-    their logits sit near ``word_logit`` (EOS ``eos_logit``) while all others stay near 0."""
+    survives to the final norm as ≈ +√hidden_size (5.7), and the output rows of WORDS (and EOS) read that
+    dimension, so their logits sit near ``word_logit`` (EOS ``eos_logit``) while all others stay near 0.
+    (vLLM's CPU attention needs a head size of at least 32: hidden_size=64, heads=2 for the vLLM tests.)"""
     from conftest import TOKENIZER_DIR
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -55,8 +57,8 @@ def build_biased_policy(path: Path, seed: int = 0, word_logit: float = 10.0, eos
     assert all(len(i) == 1 for i in ids), "every word must be a single token"
     ids = [i[0] for i in ids]
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
@@ -64,8 +66,8 @@ def build_biased_policy(path: Path, seed: int = 0, word_logit: float = 10.0, eos
     with torch.no_grad():
         model.model.embed_tokens.weight[:, 0] = 1.0
         model.lm_head.weight[:, 0] = 0.0
-        model.lm_head.weight[ids, 0] = word_logit / math.sqrt(32)
-        model.lm_head.weight[tokenizer.eos_token_id, 0] = eos_logit / math.sqrt(32)
+        model.lm_head.weight[ids, 0] = word_logit / math.sqrt(hidden_size)
+        model.lm_head.weight[tokenizer.eos_token_id, 0] = eos_logit / math.sqrt(hidden_size)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(path, safe_serialization=True)

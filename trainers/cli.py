@@ -88,13 +88,15 @@ rewards/margins (and eval_… on the eval split). Rerunning the same command con
 """
 
 PPO_HELP = """Online RL against a preference model or a direct AI reward: PPO (GAE, value head, clipped
-surrogate, per-token KL penalty to the initial policy) or RLOO (k samples per prompt, leave-one-out
-baseline, sequence-level KL penalty, no value head).
+surrogate, per-token KL penalty to the initial policy), RLOO (k samples per prompt, leave-one-out
+baseline, sequence-level KL penalty, no value head) or GRPO (k samples per prompt, group-normalised
+advantages, k3 KL to the reference in the loss; --kl-coef 0 loads no reference).
 
 \b
 --reward is one of:
   pm:PATH              a preference model from `cai train pm` (score = logit at the last token)
   ai:LABELER_MODEL     d-RLAIF: the labeler's expected 1–10 rating, rescaled to [-1, 1]
+  ai:MODEL@URL         the same judge behind an OpenAI-compatible server (e.g. vllm serve)
   py:module:function   your function(prompts: list[str], responses: list[str]) -> list[float]
 
 \b
@@ -104,6 +106,8 @@ Examples:
       --iterations 50 --batch-size 8 --max-new-tokens 64 --kl-coef 0.05 --target-kl 6
   cai train ppo --prompts prompts.jsonl --model runs/sft --reward py:my_rewards:brevity --algo rloo \\
       --rloo-k 4 --out runs/rloo --lora-r 16 --lr 1e-4
+  cai train ppo --prompts prompts.jsonl --model runs/sft --reward pm:runs/pm --reward py:my_rewards:brevity \\
+      --reward-weight 1 --reward-weight 0.2 --algo grpo --group-size 8 --rollout-engine vllm --out runs/grpo
   cai train ppo --config ppo.yaml --no-resume
 
 OUT gets the final policy + tokenizer (from_pretrained(OUT) loads it), metrics.jsonl (reward, kl,

@@ -299,3 +299,87 @@ class AdaptiveKLController:
 
     def load_state_dict(self, state: dict) -> None:
         self.value, self.target, self.horizon = float(state["value"]), state["target"], int(state["horizon"])
+
+
+# ---- GRPO ------------------------------------------------------------------------------------------
+# Owned by trainers/ppo.py (--algo grpo). Same shapes as PPO / RLOO above. Tests: tests/test_grpo_losses.py.
+
+
+def grpo_advantages(rewards: torch.Tensor, k: int, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """Group-normalised advantages (Shao et al. 2024, DeepSeekMath): ``A_i = (r_i − mean_g) / (std_g + eps)``.
+
+    ``rewards`` is ``[N·k]`` with the k samples of each prompt side by side (as :func:`rloo_advantages`);
+    ``std_g`` is the sample standard deviation (n − 1) of the group. ``scale=False`` keeps ``r_i − mean_g``
+    (Dr. GRPO, Liu et al. 2025: dividing by the std up-weights prompts whose samples barely differ).
+    A group whose rewards are all equal gets advantage 0. Needs ``k ≥ 2``.
+    """
+    if k < 2:
+        raise ValueError(f"GRPO needs k >= 2 samples per prompt, got k={k}")
+    if rewards.numel() % k:
+        raise ValueError(f"grpo_advantages: {rewards.numel()} rewards is not a multiple of k={k}")
+    grouped = rewards.float().reshape(-1, k)
+    centred = grouped - grouped.mean(-1, keepdim=True)
+    if scale:
+        centred = centred / (grouped.std(-1, keepdim=True) + eps)
+    return centred.reshape(rewards.shape)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(π‖π_ref) (Schulman 2020): ``exp(log π_ref − log π) − (log π_ref − log π) − 1``.
+
+    Unbiased for samples from π, always ≥ 0, and lower-variance than ``log π − log π_ref``."""
+    d = ref_logp.float() - logp.float()
+    return torch.exp(d) - d - 1.0
+
+
+class GRPOLossOutput(NamedTuple):
+    loss: torch.Tensor  # scalar: clipped surrogate + β·KL, aggregated as asked
+    clip_fraction: torch.Tensor  # 0-d, detached: share of tokens where the clipped term was active
+    approx_kl: torch.Tensor  # 0-d, detached: mean ½(log ρ)² (old → new policy)
+    kl: torch.Tensor  # 0-d, detached: mean k3 KL(π‖π_ref) per token (0 when there is no reference)
+
+
+def grpo_loss(
+    logp_new: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, clip: float,
+    beta: float = 0.0, ref_logp: torch.Tensor | None = None, aggregation: str = "token",
+) -> GRPOLossOutput:
+    """GRPO loss to minimise: per token ``ℓ_t = −min(ρ_t·A, clip(ρ_t, 1−ε, 1+ε)·A) + β·k3_t``, with
+    ``ρ_t = exp(log π_new − log π_old)`` and ``k3_t = k3_kl(log π_new, log π_ref)`` (β = 0 needs no reference).
+
+    ``adv`` is ``[B]`` (one advantage per sequence, broadcast over its tokens) or ``[B, T]`` per token (e.g.
+    already multiplied by importance weights). Aggregation over the masked tokens:
+    ``"token"`` — ``Σ_{b,t} ℓ·m / Σ m`` (every token weighs the same; DAPO, Dr. GRPO);
+    ``"sequence"`` — ``mean_b (Σ_t ℓ·m / Σ_t m)`` (each sequence weighs the same; the original GRPO).
+    """
+    if aggregation not in ("token", "sequence"):
+        raise ValueError(f"aggregation must be 'token' or 'sequence', got {aggregation!r}")
+    maskf = mask.to(torch.float32)
+    adv = adv.detach().float()
+    if adv.dim() == 1:
+        adv = adv[:, None].expand_as(maskf)
+    log_ratio = (logp_new - logp_old.detach()).float()
+    ratio = torch.exp(log_ratio)
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    per_token = torch.maximum(unclipped, clipped)
+    kl = torch.zeros_like(per_token)
+    if beta != 0.0:
+        if ref_logp is None:
+            raise ValueError("grpo_loss: beta > 0 needs ref_logp")
+        kl = k3_kl(logp_new, ref_logp.detach())
+        per_token = per_token + beta * kl
+    if aggregation == "token":
+        loss = masked_mean(per_token, maskf)
+    else:
+        loss = ((per_token * maskf).sum(-1) / maskf.sum(-1).clamp(min=1.0)).mean()
+    clip_fraction = masked_mean((clipped > unclipped).float(), maskf).detach()
+    approx_kl = masked_mean(0.5 * log_ratio.detach() ** 2, maskf)
+    return GRPOLossOutput(loss, clip_fraction, approx_kl, masked_mean(kl.detach(), maskf))
+
+
+def truncated_is_weights(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance weights ``min(π_trainer / π_sampler, cap)`` per token (Yao et al. 2025), detached:
+    the correction for rollouts sampled by an engine (vLLM) whose log-probs differ from the trainer's for the
+    same weights. Multiplying a token's advantage by its (positive) weight multiplies its clipped-surrogate
+    loss by it."""
+    return torch.exp(trainer_logp.float() - sampler_logp.float()).clamp(max=cap).detach()

@@ -1,29 +1,35 @@
-"""Online RL against a preference model or a direct AI reward: PPO (with a value head) or RLOO.
+"""Online RL against a preference model or a direct AI reward: PPO (with a value head), RLOO or GRPO.
 
 One iteration, top to bottom (``train_ppo``):
 
-1. rollout — take the next ``batch_size`` prompts (RLOO: each ``rloo_k`` times), sample one response
-   each from the current policy, and score its tokens with the policy and the reference
-   (``trainers/rollout.py``);
-2. reward — score every (prompt, response) with the reward function (``trainers/rewards.py``), subtract
-   ``missing_eos_penalty`` from responses cut at ``max_new_tokens``, normalise by the running mean/std;
+1. rollout — take the next ``batch_size`` prompts (RLOO: each ``rloo_k`` times, GRPO: ``group_size`` times),
+   sample one response each from the current policy — with ``transformers.generate``, or with an in-process
+   vLLM engine holding a copy of the policy's weights (``--rollout-engine vllm``, ``trainers/vllm_rollout.py``)
+   — and score its tokens with the policy and the reference (``trainers/rollout.py``);
+2. reward — score every (prompt, response) with the reward function(s) (``trainers/rewards.py``; several are
+   weighted and summed), subtract ``missing_eos_penalty`` from responses cut at ``max_new_tokens``,
+   normalise by the running mean/std (PPO, RLOO);
 3. advantages — PPO: per-token reward ``−β·(log π − log π_ref)`` plus the score at the last token, GAE
    over the value head's estimates, whitened; RLOO: sequence reward ``score − β·Σ(log π − log π_ref)``,
-   advantage ``r_i − mean of the other k − 1 samples`` on every token (``trainers/ppo_update.py``);
-4. update — ``ppo_epochs`` passes of shuffled minibatches: clipped surrogate (+ clipped value loss)
-   (``trainers/ppo_update.py``; the losses themselves are in ``trainers/losses.py``);
+   advantage ``r_i − mean of the other k − 1 samples`` on every token; GRPO: ``(r_i − mean_g) / std_g``
+   within each group of k (``--no-scale-rewards``: no division, Dr. GRPO) (``trainers/ppo_update.py``).
+   With vLLM rollouts the trainer's log-probs are the ones trained on; their mismatch with vLLM's is
+   logged, and truncated importance weights may multiply the advantages (``--tis-cap``);
+4. update — ``ppo_epochs`` passes of shuffled minibatches: clipped surrogate (+ clipped value loss; GRPO:
+   + β·k3 KL to the reference in the loss) (``trainers/ppo_update.py``; the losses are in
+   ``trainers/losses.py``); with vLLM, the new weights are then pushed into the engine;
 5. β follows the KL controller (fixed, or adaptive towards ``target_kl``); metrics, samples, plot,
    checkpoint.
 
 The reference policy is a frozen copy of the initial policy, or — with LoRA — the policy itself with its
-adapters switched off (no second copy in memory). A "step" in metrics.jsonl and checkpoints is one
-iteration. Not done: vLLM rollouts with weight sync (generation uses ``transformers.generate``).
+adapters switched off (no second copy in memory); GRPO with β = 0 loads none. A "step" in metrics.jsonl and
+checkpoints is one iteration. GRPO is ``--algo grpo`` of this command, not a command of its own: it shares
+every option of the rollout, reward, checkpoint and resume machinery with PPO and RLOO.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from pathlib import Path
@@ -43,9 +49,7 @@ from trainers.models import (
     set_seed,
 )
 from trainers.plan import StepPlan
-
-SAMPLES_FILE = "samples.jsonl"
-PLOT_FILE = "ppo_curves.png"
+from trainers.ppo_outputs import SAMPLES_FILE, keep_lines_up_to, save_value_head, write_plot, write_samples
 
 
 class PPOConfig(TrainBase):
@@ -54,13 +58,15 @@ class PPOConfig(TrainBase):
     # what to train, against what
     prompts: list[str] = opt([], "prompt file(s): JSONL rows with `prompt` or `messages`, or plain text, one prompt per line; repeatable", required=True)
     model: str = opt("", "policy to start from: `smollm2-135m` (embedded), a local folder or a cached Hub id (usually your SFT model)", required=True)
-    reward: str = opt("", "pm:PATH (preference model from `cai train pm`) | ai:LABELER_MODEL (d-RLAIF 1–10 score) | py:module:function", required=True)
+    reward: list[str] = opt([], "pm:PATH (preference model from `cai train pm`) | ai:LABELER_MODEL (d-RLAIF 1–10 score) | ai:MODEL@http://HOST:PORT/v1 (the same, served by an OpenAI-compatible server) | py:module:function; repeat to sum several", required=True)
+    reward_weight: list[float] = opt([], "weight of each --reward in the sum, in the same order (default 1 each)")
     out: str = opt("", "output folder: final policy + tokenizer, metrics.jsonl, samples.jsonl, ppo_curves.png, checkpoints/", required=True)
-    algo: Literal["ppo", "rloo"] = opt("ppo", "ppo (GAE with a value head) | rloo (REINFORCE leave-one-out over rloo_k samples per prompt, no value head)")
+    algo: Literal["ppo", "rloo", "grpo"] = opt("ppo", "ppo (GAE with a value head) | rloo (REINFORCE leave-one-out over rloo_k samples per prompt, no value head) | grpo (group-normalised advantages over group_size samples per prompt, k3 KL in the loss)")
     # rollouts
     iterations: int = opt(100, "rollout-and-update iterations")
     batch_size: int = opt(8, "prompts per iteration (RLOO samples each rloo_k times)")
     rloo_k: int = opt(4, "RLOO: samples per prompt (≥ 2)")
+    group_size: int = opt(4, "GRPO: samples per prompt (≥ 2), whose rewards are normalised within the group")
     max_new_tokens: int = opt(64, "longest response sampled")
     max_prompt_tokens: int = opt(512, "prompts longer than this keep their last tokens")
     temperature: float = opt(1.0, "sampling temperature (> 0); log-probs are taken at the same temperature")
@@ -82,9 +88,13 @@ class PPOConfig(TrainBase):
     vf_coef: float = opt(0.1, "PPO: weight of the value loss")
     normalize_rewards: bool = opt(True, "normalise scores by the running mean and std of all scores seen so far")
     whiten_advantages: bool = opt(True, "whiten advantages over each rollout batch")
+    scale_rewards: bool = opt(True, "GRPO: divide each group's centred rewards by its std (--no-scale-rewards: Dr. GRPO, centre only)")
+    loss_aggregation: Literal["token", "sequence"] = opt("token", "GRPO: average the loss over all tokens of the batch (token) or per sequence first (sequence, the original GRPO)")
     separate_value_model: bool = opt(False, "PPO: value head on its own copy of the backbone instead of sharing the policy's")
     # reward options
     reward_batch_size: int = opt(16, "responses scored at once by a pm: or ai: reward")
+    reward_concurrency: int = opt(8, "served ai:MODEL@URL reward: requests in flight at once")
+    reward_tokenizer: Optional[str] = opt(None, "served ai:MODEL@URL reward: the judge's tokenizer (HF id or folder) for its chat template; default MODEL")
     ai_principle: Optional[str] = opt(None, "ai: reward: the question the labeler rates each response on")
     constitution: Optional[str] = opt(None, "ai: reward: constitution (name or YAML) whose first feedback principle is the question")
     # run (the rest comes from TrainBase); a step is one iteration
@@ -93,7 +103,14 @@ class PPOConfig(TrainBase):
     sample_every: int = opt(10, "write sample responses to samples.jsonl every this many iterations")
     plot_every: int = opt(10, "refresh ppo_curves.png every this many iterations")
 
-    @field_validator("prompts", mode="before")
+    # rollouts on vLLM (trainers/vllm_rollout.py)
+    rollout_engine: Literal["transformers", "vllm"] = opt("transformers", "who samples the rollouts: transformers (generate on the policy) | vllm (an in-process vLLM LLM, the policy's weights pushed in after each update)")
+    vllm_gpu_memory_utilization: Optional[float] = opt(None, "vllm: share of the GPU memory vLLM may take (default 0.3: the trainer needs the rest); CPU build: share of the RAM for its KV cache (default 0.02)")
+    vllm_max_model_len: Optional[int] = opt(None, "vllm: context length (default max_prompt_tokens + max_new_tokens)")
+    tis_cap: Optional[float] = opt(None, "vllm: truncated importance sampling: weight each token by min(π_trainer / π_vllm, cap); unset = off")
+    tis_threshold: float = opt(0.0, "vllm: apply --tis-cap only in iterations whose mean |log π_trainer − log π_vllm| per token exceeds this")
+
+    @field_validator("prompts", "reward", mode="before")
     @classmethod
     def _one_path_is_a_list(cls, value):
         return [value] if isinstance(value, str) else value
@@ -110,84 +127,41 @@ class PPOConfig(TrainBase):
             raise ConfigError(f"--temperature must be > 0 (PPO needs the sampling distribution); got {self.temperature}")
         if self.kl_coef < 0 or (self.target_kl is not None and self.target_kl <= 0):
             raise ConfigError("--kl-coef must be ≥ 0 and --target-kl > 0")
-        if self.reward.partition(":")[0] not in ("pm", "ai", "py") or not self.reward.partition(":")[2]:
-            raise ConfigError(f"--reward {self.reward!r}: expected pm:PATH, ai:LABELER_MODEL or py:module:function")
+        for spec in self.reward:
+            if spec.partition(":")[0] not in ("pm", "ai", "py") or not spec.partition(":")[2]:
+                raise ConfigError(f"--reward {spec!r}: expected pm:PATH, ai:LABELER_MODEL, ai:MODEL@URL or py:module:function")
+        if self.reward_weight and len(self.reward_weight) != len(self.reward):
+            raise ConfigError(f"--reward-weight given {len(self.reward_weight)} times for {len(self.reward)} --reward; give one per reward, in order")
+        if self.algo == "grpo" and self.group_size < 2:
+            raise ConfigError(f"--group-size must be ≥ 2 for GRPO (advantages are relative to the group); got {self.group_size}")
+        if self.algo == "grpo" and self.kl_coef == 0 and self.target_kl is not None:
+            raise ConfigError("--target-kl needs --kl-coef > 0 (the adaptive controller scales β; with β = 0 no reference is loaded)")
+        if self.reward_concurrency < 1 or (self.tis_cap is not None and self.tis_cap <= 0) or self.tis_threshold < 0:
+            raise ConfigError("--reward-concurrency must be ≥ 1, --tis-cap > 0 and --tis-threshold ≥ 0")
+        if self.rollout_engine == "vllm" and self.lora_r > 0:
+            raise ConfigError("--rollout-engine vllm with LoRA is not supported yet (merged-weight sync is full fine-tuning only); drop --lora-r")
         if self.separate_value_model and self.algo == "rloo":
             raise ConfigError("--separate-value-model only applies to --algo ppo (RLOO has no value head)")
 
     @property
+    def samples_per_prompt(self) -> int:
+        return {"rloo": self.rloo_k, "grpo": self.group_size}.get(self.algo, 1)
+
+    @property
     def samples_per_iteration(self) -> int:
-        return self.batch_size * (self.rloo_k if self.algo == "rloo" else 1)
+        return self.batch_size * self.samples_per_prompt
 
-
-# ---------------------------------------------------------------- outputs: samples.jsonl, ppo_curves.png, value head
-
-
-def _keep_lines_up_to(path: Path, step: int) -> None:
-    """Drop the lines of a resumed run's JSONL log written after the checkpoint's step."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except ValueError:  # a torn last line from a killed run
-            continue
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-
-
-def write_plot(out: str | Path) -> Path | None:
-    """OUT/ppo_curves.png: mean reward and KL per iteration, from metrics.jsonl."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = read_metrics(out)
-    if not records:
-        return None
-    steps = [r["step"] for r in records]
-    fig, (ax_r, ax_k) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    ax_r.plot(steps, [r["reward"] for r in records], label="mean score")
-    ax_r.set_ylabel("reward")
-    ax_k.plot(steps, [r["kl"] for r in records], color="tab:red", label="KL(π‖π_ref) per sequence")
-    ax_k.set_ylabel("KL")
-    ax_k.set_xlabel("iteration")
-    for ax in (ax_r, ax_k):
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best")
-    fig.tight_layout()
-    path = Path(out) / PLOT_FILE
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def _write_samples(out: Path, step: int, conversations, roll, scores, n: int = 4) -> None:
-    """Append the first ``n`` (prompt, response, score) of an iteration to OUT/samples.jsonl."""
-    with open(out / SAMPLES_FILE, "a", encoding="utf-8") as f:
-        for i in range(min(n, len(roll))):
-            f.write(json.dumps({"step": step, "prompt": conversations[i], "response": roll.response_texts[i],
-                                "score": float(scores[i]), "finished": bool(roll.finished[i])}, ensure_ascii=False) + "\n")
-
-
-def _save_value_head(out: Path, inner) -> None:
-    """The PPO value head as OUT/value_head.safetensors, for inspection or reuse (a separate value backbone
-    is not saved)."""
-    if inner.value_head is None:
-        return
-    from safetensors.torch import save_file
-
-    weights = {f"value_head.{k}": v.detach().cpu().contiguous() for k, v in inner.value_head.state_dict().items()}
-    save_file(weights, str(out / "value_head.safetensors"))
+    @property
+    def needs_reference(self) -> bool:
+        """GRPO with β = 0 has no KL term: no reference model is loaded (nor scored)."""
+        return not (self.algo == "grpo" and self.kl_coef == 0)
 
 
 # ---------------------------------------------------------------- training
 
 
 def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
-    """Run (or resume) PPO / RLOO as configured; returns the summary also written to OUT/summary.json.
+    """Run (or resume) PPO / RLOO / GRPO as configured; returns the summary also written to OUT/summary.json.
 
     ``reward_fn`` (``fn(conversations, responses) -> list[float]``) replaces ``config.reward`` when given
     (the Python API; the CLI always goes through ``config.reward``).
@@ -199,6 +173,7 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
     from trainers.ppo_update import compute_advantages, ppo_update
     from trainers.rewards import RewardSpecError, RunningMoments, reward_from_config
     from trainers.rollout import PolicyAndValue, ValueHead, eos_token_ids, render_prompt_ids, sample_rollouts, score_rollout
+    from trainers.vllm_rollout import logprob_mismatch
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +190,8 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
     if accelerator.num_processes > 1:  # not done yet: each rank would roll out every prompt and write every file
         raise ConfigError(f"cai train ppo runs in one process for now ({accelerator.num_processes} were launched); "
                           "start it without torchrun / accelerate launch (sft, pm, dpo and kto train on several)")
-    reference = None if config.lora_r > 0 else copy.deepcopy(policy).requires_grad_(False).eval()
+    # LoRA: the reference is the policy with its adapters off (None); GRPO with β = 0: no reference at all
+    reference = None if config.lora_r > 0 or not config.needs_reference else copy.deepcopy(policy).requires_grad_(False).eval()
     value_head = value_backbone = None
     if config.algo == "ppo":
         hidden_size = policy.get_input_embeddings().weight.shape[1]
@@ -245,6 +221,11 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
 
+    sampler = None
+    if config.rollout_engine == "vllm":
+        from trainers.vllm_rollout import VLLMRollout
+
+        sampler = VLLMRollout(config, tokenizer, eos_ids, pad_id, getattr(policy.config, "max_position_embeddings", None))
     kl_ctl = AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
     moments = RunningMoments()
     start = 0
@@ -253,8 +234,10 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
         start = state["step"]
         kl_ctl.load_state_dict(state["kl_controller"])
         moments.load_state_dict(state["reward_moments"])
+    if sampler is not None and start > 0:  # vLLM loaded the initial weights; the checkpoint's go in now
+        sampler.sync(inner.policy)
     logger = MetricsLogger(out, config, resume_step=start)
-    _keep_lines_up_to(out / SAMPLES_FILE, start)
+    keep_lines_up_to(out / SAMPLES_FILE, start)
 
     bar = progress_bar(config.iterations, initial=start, desc=config.algo, quiet=config.quiet)
     model.train()
@@ -263,10 +246,13 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
         # ---- 1. rollout -------------------------------------------------------------------------------
         t0 = time.perf_counter()
         rows = plan.micro_batches(step)[0]
-        if config.algo == "rloo":
-            rows = [r for r in rows for _ in range(config.rloo_k)]  # the k samples of a prompt side by side
-        roll = sample_rollouts(inner.policy, tokenizer, [prompt_ids[r] for r in rows], chunk_size=config.generation_batch_size,
-                               max_new_tokens=config.max_new_tokens, temperature=config.temperature, eos_ids=eos_ids, pad_id=pad_id)
+        rows = [r for r in rows for _ in range(config.samples_per_prompt)]  # RLOO / GRPO: the k samples of a prompt side by side
+        sampler_logp = None
+        if sampler is None:
+            roll = sample_rollouts(inner.policy, tokenizer, [prompt_ids[r] for r in rows], chunk_size=config.generation_batch_size,
+                                   max_new_tokens=config.max_new_tokens, temperature=config.temperature, eos_ids=eos_ids, pad_id=pad_id)
+        else:
+            roll, sampler_logp = sampler.generate([prompt_ids[r] for r in rows], seed=config.seed * 1_000_003 + step * len(rows))
         mask = roll.response_mask.float()
         t1 = time.perf_counter()
 
@@ -280,18 +266,26 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
 
         # ---- 3. advantages ---------------------------------------------------------------------------
         old_logp, ref_logp, old_values, entropy = score_rollout(model, reference, roll, accelerator, config.temperature,
-                                                                config.generation_batch_size)
+                                                                config.generation_batch_size, with_reference=config.needs_reference)
         t3 = time.perf_counter()
-        if config.normalize_rewards:
+        if config.normalize_rewards and config.algo != "grpo":  # GRPO normalises within each group instead
             moments.update(scores)
             scores = moments.normalize(scores)
         beta = kl_ctl.value
         advantages, returns, kl = compute_advantages(config, scores, old_logp, ref_logp, old_values, mask, beta)
         seq_kl = kl.sum(-1)
+        mismatch = {}
+        if sampler_logp is not None:  # vLLM sampled; the trainer's own log-probs are the ones trained on
+            mismatch, weights = logprob_mismatch(old_logp, sampler_logp, mask, config.tis_cap, config.tis_threshold)
+            if weights is not None:
+                advantages = advantages * weights
 
         # ---- 4. update ------------------------------------------------------------------------------
-        stats, lr = ppo_update(model, optimizer, scheduler, accelerator, roll, mask, old_logp, old_values, advantages, returns, config)
+        stats, lr = ppo_update(model, optimizer, scheduler, accelerator, roll, mask, old_logp, old_values, advantages, returns, config,
+                               ref_logp=ref_logp, beta=beta)
         t4 = time.perf_counter()
+        if sampler is not None:  # the next rollout samples from the updated policy
+            mismatch["weight_sync_s"] = sampler.sync(inner.policy)
 
         # ---- 5. KL controller, logs, checkpoint -----------------------------------------------------
         kl_ctl.update(seq_kl.mean().item(), len(rows))
@@ -299,15 +293,15 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
             "reward": raw_scores.mean().item(), "reward_std": raw_scores.std(unbiased=False).item(),
             "kl": seq_kl.mean().item(), "kl_coef": beta, "entropy": masked_mean(entropy, mask).item(),
             "response_length": mask.sum(-1).mean().item(), "eos_fraction": roll.finished.float().mean().item(),
-            **stats,
+            **stats, **mismatch,
             "lr": lr, "rollout_s": t1 - t0, "reward_s": t2 - t1, "logprobs_s": t3 - t2,
-            "update_s": t4 - t3, "samples_per_s": len(rows) / (t4 - t0),
+            "update_s": t4 - t3, "samples_per_s": len(rows) / (time.perf_counter() - t0),
         }
         logger.log(step + 1, metrics)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}")
         if (step + 1) % config.sample_every == 0 or step == 0:
-            _write_samples(out, step + 1, conversations, roll, raw_scores)
+            write_samples(out, step + 1, conversations, roll, raw_scores)
         last = step + 1
         stopping = config.stop_after_steps is not None and last - start >= config.stop_after_steps
         if last % config.save_every == 0 or stopping or last == config.iterations:
@@ -328,7 +322,7 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
         "last_kl": records[-1]["kl"] if records else None, "kl_coef": kl_ctl.value,
     }
     if last >= config.iterations:
-        _save_value_head(out, inner)
+        save_value_head(out, inner)
         save_final_model(out, accelerator, inner.policy, tokenizer, summary=summary)
     return summary
 

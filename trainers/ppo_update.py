@@ -14,11 +14,12 @@ def compute_advantages(config, scores, old_logp, ref_logp, old_values, mask, bet
     PPO: per-token reward ``−β·(log π − log π_ref)`` plus the score at the last token, GAE over the value
     head's estimates (``gamma``, ``lam``). RLOO: sequence reward ``score − β·Σ(log π − log π_ref)``, advantage
     ``r_i − mean of the other k − 1 samples of its prompt`` on every token, no returns (no value head).
-    Both are whitened over the batch with ``--whiten-advantages``.
+    Both are whitened over the batch with ``--whiten-advantages``. GRPO: ``(score − group mean) / group std``
+    (``--no-scale-rewards``: not divided) on every token; never whitened (the groups normalise it).
     """
     import torch
 
-    from trainers.losses import compute_gae, kl_penalized_rewards, rloo_advantages, whiten
+    from trainers.losses import compute_gae, grpo_advantages, kl_penalized_rewards, rloo_advantages, whiten
 
     if config.algo == "ppo":
         token_rewards, kl = kl_penalized_rewards(scores, old_logp, ref_logp, mask, beta)
@@ -27,6 +28,8 @@ def compute_advantages(config, scores, old_logp, ref_logp, old_values, mask, bet
             advantages = whiten(advantages, mask)
         return advantages, returns, kl
     kl = (old_logp - ref_logp) * mask
+    if config.algo == "grpo":  # the KL term is in the loss (k3, per token), not in the reward
+        return grpo_advantages(scores, config.group_size, config.scale_rewards)[:, None] * mask, None, kl
     seq_adv = rloo_advantages(scores - beta * kl.sum(-1), config.rloo_k)
     if config.whiten_advantages:
         seq_adv = whiten(seq_adv, torch.ones_like(seq_adv))
@@ -34,16 +37,17 @@ def compute_advantages(config, scores, old_logp, ref_logp, old_values, mask, bet
 
 
 def ppo_update(model, optimizer, scheduler, accelerator, roll, mask, old_logp, old_values, advantages, returns,
-               config) -> tuple[dict[str, float], float]:
+               config, ref_logp=None, beta: float = 0.0) -> tuple[dict[str, float], float]:
     """``config.ppo_epochs`` passes over the rollout in shuffled minibatches of ``config.minibatch_size``,
     one optimizer (and scheduler) step each: clipped surrogate, plus ``vf_coef ×`` the clipped value loss
-    for PPO. Returns the mean of each statistic over the updates (policy_loss, clip_fraction, approx_kl,
-    and for PPO value_loss, value_clip_fraction) and the learning rate the last update used."""
+    for PPO; GRPO: ``grpo_loss`` (the clipped surrogate plus ``beta ×`` the k3 KL to ``ref_logp``, aggregated per
+    token or per sequence). Returns the mean of each statistic over the updates (policy_loss, clip_fraction,
+    approx_kl, for PPO value_loss, value_clip_fraction, for GRPO kl_k3) and the learning rate the last update used."""
     import torch
 
-    from trainers.losses import ppo_policy_loss, ppo_value_loss
+    from trainers.losses import grpo_loss, ppo_policy_loss, ppo_value_loss
 
-    stats: dict[str, list[float]] = {"policy_loss": [], "clip_fraction": [], "approx_kl": [], "value_loss": [], "value_clip_fraction": []}
+    stats: dict[str, list[float]] = {"policy_loss": [], "clip_fraction": [], "approx_kl": [], "value_loss": [], "value_clip_fraction": [], "kl_k3": []}
     lr = 0.0
     for _epoch in range(config.ppo_epochs):
         order = torch.randperm(len(roll)).tolist()
@@ -52,7 +56,12 @@ def ppo_update(model, optimizer, scheduler, accelerator, roll, mask, old_logp, o
             part, m = roll.select(idx), mask[idx].to(accelerator.device)
             with accelerator.autocast():
                 logp, values, _ = model(part, config.temperature, with_values=config.algo == "ppo")
-                pg = ppo_policy_loss(logp, old_logp[idx].to(logp.device), advantages[idx].to(logp.device), m, config.clip_range)
+                if config.algo == "grpo":
+                    pg = grpo_loss(logp, old_logp[idx].to(logp.device), advantages[idx].to(logp.device), m, config.clip_range, beta,
+                                   None if beta == 0 else ref_logp[idx].to(logp.device), config.loss_aggregation)
+                    stats["kl_k3"].append(pg.kl.item())
+                else:
+                    pg = ppo_policy_loss(logp, old_logp[idx].to(logp.device), advantages[idx].to(logp.device), m, config.clip_range)
                 loss = pg.loss
                 if values is not None:
                     v_loss, v_clip = ppo_value_loss(values, old_values[idx].to(logp.device), returns[idx].to(logp.device), m,

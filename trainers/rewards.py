@@ -5,10 +5,14 @@
   the PM's OWN tokenizer and chat template (the policy's tokenization may differ).
 - ``ai:MODEL`` — direct RLAIF (d-RLAIF): a labeler model rates each response 1–10 and the expected score,
   rescaled to [-1, 1], is the reward (``labelers.score.score_responses`` on a transformers engine).
+- ``ai:MODEL@http://HOST:PORT/v1`` — the same judge served by an OpenAI-compatible server (``vllm serve``,
+  SGLang, …) through the ``openai`` engine, at most ``--reward-concurrency`` requests in flight, so a large
+  judge runs on other GPUs than the policy. Its chat template comes from ``--reward-tokenizer`` (default MODEL).
 - ``py:module:function`` — your own Python function, called as ``fn(prompts, responses) -> list[float]``
   with ``prompts`` the text of each conversation's last user turn and ``responses`` the decoded responses.
 
-Every reward function is called as ``reward(conversations, responses) -> list[float]``, where
+Several ``--reward`` are summed, each times its ``--reward-weight`` (:class:`WeightedRewards`). Every reward
+function is called as ``reward(conversations, responses) -> list[float]``, where
 ``conversations`` are the prompt messages (lists of ``{"role", "content"}``).
 """
 
@@ -89,18 +93,20 @@ class PreferenceModelReward:
 class AIScoreReward:
     """Direct RLAIF: ``labelers.score.score_responses`` (expected 1–10 rating rescaled to [-1, 1])."""
 
-    def __init__(self, model: str, *, engine_options: dict | None = None, score_options: dict | None = None):
+    def __init__(self, model: str, *, engine_options: dict | None = None, score_options: dict | None = None,
+                 engine: str = "transformers"):
         try:
             from labelers.score import score_responses
         except ImportError as e:
             raise RewardSpecError(f"--reward ai:{model} needs labelers.score.score_responses, which is not available ({e})") from None
         from engines import load_engine
 
-        self.name = f"ai:{model}"
+        where = f"@{engine_options['base_url']}" if engine == "openai" else ""
+        self.name = f"ai:{model}{where}"
         try:
-            self.engine = load_engine("transformers", model, **(engine_options or {}))
-        except OSError as e:  # a missing folder, an uncached Hub id
-            raise RewardSpecError(f"--reward ai:{model}: cannot load the labeler model ({str(e).strip().splitlines()[0]})") from None
+            self.engine = load_engine(engine, model, **(engine_options or {}))
+        except (OSError, ValueError) as e:  # a missing folder, an uncached Hub id, a bad engine option
+            raise RewardSpecError(f"--reward {self.name}: cannot load the labeler ({str(e).strip().splitlines()[0]})") from None
         self._score = score_responses
         self.score_options = score_options or {}
 
@@ -144,20 +150,60 @@ def load_reward(spec: str, *, device="cpu", batch_size: int = 16, trust_remote_c
     raise RewardSpecError(f"--reward {spec!r}: unknown kind {kind!r}; expected pm:, ai: or py:")
 
 
-def reward_from_config(config, device) -> Callable:
-    """The reward function of a PPOConfig: ``load_reward(config.reward)``, with an ``ai:`` labeler also
-    given ``--ai-principle`` / ``--constitution`` and ``--reward-batch-size``."""
-    if config.reward.startswith("ai:"):
-        options = {"batch_size": config.reward_batch_size}
-        if config.ai_principle:
-            options["principle"] = config.ai_principle
-        if config.constitution:
-            from constitution.loader import resolve_constitution
+def split_served(target: str) -> tuple[str, str | None]:
+    """``MODEL@http(s)://…`` → ``(MODEL, URL)``; a plain MODEL → ``(MODEL, None)``."""
+    for scheme in ("@http://", "@https://"):
+        if scheme in target:
+            model, _, rest = target.rpartition(scheme)
+            if not model:
+                raise RewardSpecError(f"--reward ai:{target}: expected ai:MODEL@URL with the model name the server knows")
+            return model, scheme[1:] + rest
+    return target, None
 
-            options["constitution"] = resolve_constitution(config.constitution)
-        engine_options = {"device": str(device)} if str(device) != "cpu" else {}
-        return AIScoreReward(config.reward[3:], engine_options=engine_options, score_options=options)
-    return load_reward(config.reward, device=device, batch_size=config.reward_batch_size, trust_remote_code=config.trust_remote_code)
+
+def _one_reward_from_config(spec: str, config, device) -> Callable:
+    if not spec.startswith("ai:"):
+        return load_reward(spec, device=device, batch_size=config.reward_batch_size, trust_remote_code=config.trust_remote_code)
+    options = {"batch_size": config.reward_batch_size}
+    if config.ai_principle:
+        options["principle"] = config.ai_principle
+    if config.constitution:
+        from constitution.loader import resolve_constitution
+
+        options["constitution"] = resolve_constitution(config.constitution)
+    model, url = split_served(spec[3:])
+    if url is not None:  # a judge behind an OpenAI-compatible server; scoring via /completions echo + logprobs
+        served = {"base_url": url, "concurrency": config.reward_concurrency, "tokenizer": config.reward_tokenizer or model,
+                  "use_chat": False}
+        return AIScoreReward(model, engine_options=served, score_options=options, engine="openai")
+    engine_options = {"device": str(device)} if str(device) != "cpu" else {}
+    return AIScoreReward(model, engine_options=engine_options, score_options=options)
+
+
+class WeightedRewards:
+    """``Σ_j w_j · reward_j(conversations, responses)``: several rewards (a PM, a judge, a rule) in one."""
+
+    def __init__(self, rewards: list[Callable], weights: list[float]):
+        self.rewards, self.weights = rewards, weights
+        self.name = " + ".join(f"{w:g}·{getattr(r, 'name', 'custom')}" for r, w in zip(rewards, weights))
+
+    def __call__(self, conversations: list[list[dict]], responses: list[str]) -> list[float]:
+        total = [0.0] * len(responses)
+        for reward, weight in zip(self.rewards, self.weights):
+            scores = _check_scores(reward(conversations, responses), len(responses), getattr(reward, "name", "custom"))
+            total = [t + weight * x for t, x in zip(total, scores)]
+        return total
+
+
+def reward_from_config(config, device) -> Callable:
+    """The reward function of a PPOConfig: each ``--reward`` loaded (an ``ai:`` labeler also given
+    ``--ai-principle`` / ``--constitution`` and ``--reward-batch-size``; a served one ``--reward-concurrency``),
+    one alone as it is, several as their ``--reward-weight``-ed sum."""
+    rewards = [_one_reward_from_config(spec, config, device) for spec in config.reward]
+    weights = list(config.reward_weight) or [1.0] * len(rewards)
+    if len(rewards) == 1 and weights[0] == 1.0:
+        return rewards[0]
+    return WeightedRewards(rewards, weights)
 
 
 class RunningMoments:

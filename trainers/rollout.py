@@ -238,11 +238,12 @@ class PolicyAndValue(nn.Module):
 
 
 @torch.no_grad()
-def score_rollout(model, reference, roll: Rollout, accelerator, temperature: float, chunk_size: int):
+def score_rollout(model, reference, roll: Rollout, accelerator, temperature: float, chunk_size: int, with_reference: bool = True):
     """``(old log-probs, reference log-probs, values, entropy)`` of a rollout, each ``[B, R]`` on the CPU,
     ``chunk_size`` sequences at a time, in eval mode. ``model`` is the prepared PolicyAndValue (values are
     zeros without a value head); ``reference`` is a frozen causal LM, or None with LoRA, where the
-    reference is the policy with its adapters switched off."""
+    reference is the policy with its adapters switched off. ``with_reference=False`` (GRPO with β = 0):
+    no reference pass; the reference log-probs returned are the policy's own (KL 0)."""
     inner = accelerator.unwrap_model(model)
     model.eval()
     logp, ref_logp, values, entropy = [], [], [], []
@@ -250,7 +251,9 @@ def score_rollout(model, reference, roll: Rollout, accelerator, temperature: flo
         part = roll.select(idx)
         with accelerator.autocast():
             lp, v, ent = model(part, temperature, with_values=True, with_entropy=True)
-            if reference is None:  # LoRA: the reference is the policy with its adapters off
+            if not with_reference:
+                ref = lp
+            elif reference is None:  # LoRA: the reference is the policy with its adapters off
                 with inner.policy.disable_adapter():
                     ref, _, _ = model(part, temperature, with_values=False)
             else:
