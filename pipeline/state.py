@@ -166,6 +166,9 @@ def plan(stages: list[Stage], root: Path, state: dict, *, from_stage: str | None
         if i == start and from_stage:
             action, why = ("rerun" if old else "run"), f"--from {from_stage}"
         elif old is None:
+            if folder.is_dir() and any(folder.iterdir()):
+                raise ValueError(f"{folder} exists but was not made by this pipeline (no entry in {root / STATE_FILE}); "
+                                 "move it away or use another --out")
             action, why = "run", "not run yet"
         elif upstream_moving:
             action, why = "rerun", f"upstream {', '.join(upstream_moving)} (re)runs"

@@ -116,13 +116,17 @@ def test_tiny_pipeline_runs_skips_and_reruns_downstream(tmp_path, tiny_model_dir
     assert actions(out)["eval"] == "resume" and actions(out)["pm"] == "skip"
 
 
-def test_dry_run_plan_on_a_fresh_root(tmp_path, tiny_model_dir, prompts):
+def test_dry_run_plan_on_a_fresh_root(tmp_path, prompts):
     file = tmp_path / "loop.yaml"
-    file.write_text(pipeline_text(tiny_model_dir, prompts))
+    file.write_text(pipeline_text(Path("/models/tiny"), prompts))  # a plan loads no model
     out = cai("run", file, "--out", tmp_path / "root", "--dry-run", "--until", "pairs")
     assert actions(out) == {"sl-cai": "run", "sft": "run", "pairs": "run", "label": "hold", "pm": "hold", "dpo": "hold", "eval": "hold"}
     assert f"plan for {file}" in out and "after --until pairs" in out and not (tmp_path / "root").exists()
     cai("run", file, "--out", tmp_path / "root", "--from", "nosuch", "--dry-run", code=2)
+    (tmp_path / "root" / "sft").mkdir(parents=True)
+    (tmp_path / "root" / "sft" / "notes.txt").write_text("mine")  # a folder the pipeline did not make is never used
+    out = cai("run", file, "--out", tmp_path / "root", code=2)
+    assert "root/sft exists but was not made by this pipeline" in out and (tmp_path / "root" / "sft" / "notes.txt").exists()
 
 
 BAD = [  # (edit of the pipeline text, the error expected: line and message)
