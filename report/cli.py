@@ -13,7 +13,7 @@ from jobs.config import fail
 
 def report_command(
     roots: List[Path] = typer.Argument(..., help="Run directories, `cai run` roots, or folders holding runs (searched 4 levels deep).",
-                                       metavar="ROOT..."),
+                                       metavar="ROOT"),
     out: Path = typer.Option(Path("report.html"), "--out", "-o", help="The HTML file to write."),
     constitution: Optional[str] = typer.Option(None, "--constitution", "-c",
                                                help="Constitution file or shipped name to show (default: the one named in the runs' config.yaml)."),
@@ -50,8 +50,8 @@ def report_command(
 
 
 def diff_command(
-    old: str = typer.Argument(..., help="The old constitution: a file or a shipped name."),
-    new: str = typer.Argument(..., help="The new constitution: a file or a shipped name."),
+    old: str = typer.Argument(..., help="The old constitution: a file or a shipped name.", metavar="OLD"),
+    new: str = typer.Argument(..., help="The new constitution: a file or a shipped name.", metavar="NEW"),
     run: Optional[Path] = typer.Option(None, "--run", help="A run directory (or a folder of runs): which of its records used "
                                                          "principles that were reworded or removed."),
     as_json: bool = typer.Option(False, "--json", help="Print the differences as JSON."),
