@@ -57,7 +57,9 @@ def build_report(roots: Iterable[str | os.PathLike], *, constitution: str | None
     for kind in LABEL_KINDS:
         for run in by_kind.get(kind, []):
             loaded[run.name] = records(run, RECORD_MODELS[kind])
+    pipelines = [pipeline_stages(root) for root in roots if (root / "pipeline.json").exists()]
     context = {
+        "pipelines": pipelines,
         "title": title or "CAI report: " + ", ".join(r.name for r in roots),
         "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "runs": [{"name": r.name, "kind": r.kind, "path": str(r.path)} for r in runs],
@@ -77,6 +79,19 @@ def build_report(roots: Iterable[str | os.PathLike], *, constitution: str | None
         "evaluation": [s["name"] for s in context["evaluations"]],
     }
     return render_page("report.html.j2", **context), shown
+
+
+def pipeline_stages(root: Path) -> dict[str, Any]:
+    """The stages of a `cai run` root from ROOT/pipeline.json: command, done, start and end times."""
+    from .discover import read_json
+
+    state = read_json(root / "pipeline.json")
+    stages = state.get("stages") if isinstance(state, dict) else None
+    if not isinstance(stages, dict):
+        raise ReportError(f"{root / 'pipeline.json'}: stages: expected an object of stage name → state")
+    return {"root": root.name, "stages": [{"name": name, "command": str(st.get("command", "")), "done": bool(st.get("done")),
+                                           "started": st.get("started"), "finished": st.get("finished")}
+                                          for name, st in stages.items() if isinstance(st, dict)]}
 
 
 def write_report(roots: Iterable[str | os.PathLike], out: str | os.PathLike, **options: Any) -> dict[str, list[str]]:

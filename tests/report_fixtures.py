@@ -125,4 +125,7 @@ def pipeline_root(root: Path) -> Path:
                                                   "response": f"response {k} at step {s}", "score": 0.1 * s}
                                                  for s in range(1, 9) for k in range(2)])
     write_json(root / "eval" / "summary.json", EVAL_SUMMARY)
+    write_json(root / "pipeline.json", {"stages": {name: {"command": name, "done": name != "eval", "started": "2026-11-27T10:00:00",
+                                                          "finished": None if name == "eval" else "2026-11-27T10:01:00"}
+                                                   for name in ("sl-cai", "sft", "eval")}})
     return root

@@ -78,7 +78,7 @@ def test_sections_hold_the_numbers(rendered):
     assert "harmless@1.0" in html and "40 prompts" in html and "55.0 %" in html and "40.0 % – 69.0 %" in html
     assert "position-flip rate" in html and "agreement, both orders" in html
     assert "response 1 at step 8" in html and "response 0 at step 1" in html  # samples over time: first and last step
-    assert "Examples (4 of 6)" in html
+    assert "Examples (4 of 6)" in html and "Pipeline tiny" in html and "not finished" in html
     assert "57.25" not in html and "57.2" in html  # length of B, as read from summary.json
 
 
