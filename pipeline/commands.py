@@ -37,7 +37,7 @@ def _trainer_run(target: str) -> Callable[[Any], None]:
 
         import typer
 
-        from trainers.cli import _brief
+        from trainers import cli as train_cli
         from trainers.config import CONFIG_FILE
         from trainers.data import DataError
 
@@ -48,7 +48,8 @@ def _trainer_run(target: str) -> Callable[[Any], None]:
         except (ConfigError, DataError) as exc:
             raise fail(str(exc)) from None
         if not getattr(config, "quiet", False):
-            typer.echo(json.dumps(_brief(summary), indent=2, default=str))
+            brief = getattr(train_cli, "_brief", lambda v: v)  # what `cai train` prints: the summary less its bulky parts
+            typer.echo(json.dumps(brief(summary), indent=2, default=str))
 
     return run
 
