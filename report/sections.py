@@ -156,6 +156,7 @@ def label_section(run: Run, rows: list[dict]) -> dict:
     else:
         values, what = [r["score"] for r in rows], "score (reward in [-1, 1])"
     out["what"] = what
+    out["short"] = {"label-preference": "p", "label-binary": "P(desirable)"}.get(run.kind, "score")
     out["chart"] = plots.histogram(values, xlabel=what, title=f"{run.name}: {len(values)} labels",
                                    range_=(-1.0, 1.0) if run.kind == "label-score" else (0.0, 1.0)) if values else None
     per: dict[str, list] = defaultdict(list)

@@ -31,14 +31,15 @@ class Browser:
         self._from_browser, from_browser_w = os.pipe()
 
         def fds():  # the browser's fd 3 reads our commands, its fd 4 writes the answers
-            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_browser_r, from_browser_w)]  # out of 3/4's way first
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_browser_r, from_browser_w)]  # out of 3/4's way first
             os.dup2(high[0], 3)
             os.dup2(high[1], 4)
 
         self.proc = subprocess.Popen(
             [executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
              "--remote-debugging-pipe", f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "about:blank"],
-            pass_fds=(3, 4, to_browser_r, from_browser_w), preexec_fn=fds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # close_fds=False: dup2 leaves 3 and 4 inheritable, every other fd of ours is close-on-exec
+            close_fds=False, preexec_fn=fds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._buffer, self._next_id, self.events = b"", 0, []
