@@ -79,6 +79,8 @@ def constitution_section(runs: list[Run], loaded: dict[str, Any], explicit: str 
         try:
             c = resolve_constitution(source)
         except ConstitutionError as e:
+            if source == explicit:  # asked for on the command line: an error, not a note
+                raise ReportError(f"--constitution: {e}") from None
             problems.append(f"{source}: {str(e).splitlines()[0]}")
             continue
         if c.content_hash in {x["hash"] for x in constitutions}:

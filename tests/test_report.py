@@ -134,6 +134,8 @@ def test_cli(root, tmp_path):
     assert result.exit_code == 0, result.output
     assert "training      sft" in result.output and "sl-cai        (no run of this kind found)" in result.output
     assert (tmp_path / "r.html").exists()
+    result = runner.invoke(app, ["report", str(root / "sl-cai"), "--constitution", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "--constitution:" in result.output and "missing.yaml" in result.output
     result = runner.invoke(app, ["report", str(tmp_path / "nothing-here")])
     assert result.exit_code == 2 and "not a folder" in result.output
     (tmp_path / "empty").mkdir()
