@@ -176,3 +176,31 @@ def test_shipped_pipelines_validate(tmp_path, monkeypatch, name):
     out = cai("run", f"pipelines/{name}.yaml", "--out", tmp_path / "root", "--dry-run")
     plan = actions(out)
     assert set(plan.values()) == {"run"} and {"sl-cai", "sft", "pairs", "label", "pm", "dpo", "ppo", "eval-dpo", "eval-ppo"} == set(plan)
+
+
+def test_every_command_validates_with_its_references(tmp_path, prompts, monkeypatch):
+    """The commands the tiny test does not run: each config validates and each `from:` becomes the output it needs."""
+    from pipeline.spec import load_pipeline
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    file = tmp_path / "all.yaml"
+    file.write_text(f"""\
+stages:
+  - {{name: pairs, command: pairs, config: {{prompts: {prompts}, model: tiny}}}}
+  - {{name: binary, command: label-binary, config: {{inputs: {{from: pairs}}}}}}
+  - {{name: score, command: label-score, config: {{inputs: {{from: pairs}}, question: 'Is it kind'}}}}
+  - {{name: gold, command: label-eval, config: {{gold: data/gold/harmless_gold.jsonl}}}}
+  - {{name: kto, command: kto, config: {{data: [{{from: binary, weight: 0.7}}, {{from: binary}}], model: tiny}}}}
+  - {{name: prefs, command: label-preference, config: {{pairs: {{from: pairs}}, ensemble: 2}}}}
+  - {{name: pm, command: pm, config: {{data: {{from: prefs}}, model: {{from: kto}}}}}}
+  - {{name: rloo, command: rloo, config: {{prompts: [{prompts}], model: {{from: kto}}, reward: {{from: pm}}}}}}
+""")
+    stages = {s.name: s for s in load_pipeline(file, tmp_path / "root")}
+    root = (tmp_path / "root").resolve()
+    assert stages["binary"].config.inputs == root / "pairs" and stages["binary"].upstream == ["pairs"]
+    assert stages["gold"].config.out == root / "gold" / "eval.jsonl" and stages["gold"].config.metrics_out == root / "gold" / "metrics.json"
+    assert stages["kto"].config.data == [f"{root}/binary/exports/kto.jsonl:0.7", f"{root}/binary/exports/kto.jsonl"]
+    assert stages["rloo"].config.algo == "rloo" and stages["rloo"].config.model == str(root / "kto")
+    assert stages["pm"].config.data == [f"{root}/prefs/exports/prefs.jsonl"] and stages["rloo"].upstream == ["kto", "pm"]
+    assert stages["rloo"].config.reward in (f"pm:{root}/pm", [f"pm:{root}/pm"])  # a list where --reward is repeatable
+    assert stages["score"].constitution_hash is None and stages["binary"].constitution_hash  # --question: no constitution used
