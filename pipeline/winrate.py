@@ -73,7 +73,8 @@ def answer(c: WinrateConfig, side: str, model: str, items: list, params: Generat
     """The answers of ``model`` to every prompt, in OUT/<side>/ (resumable); {prompt id: record}."""
     from generators.critique_revision import sampling_identity
 
-    identity = {"side": side, "model": model, "engine": c.engine, "params": sampling_identity(params), "seed": c.seed}
+    identity = {"side": side, "model": model, "model_digest": _digest(model), "engine": c.engine, "params": sampling_identity(params),
+                "seed": c.seed}
     RunDir.check(c.out / side, identity, kind="eval-answers", overwrite=c.overwrite)  # before a model loads
     run = RunDir(c.out / side, identity, overwrite=c.overwrite, kind="eval-answers", inputs=[c.prompts])
     try:
@@ -98,7 +99,7 @@ def pm_scores(c: WinrateConfig, comparisons: list) -> dict[str, dict]:
     """r_A, r_B and p = σ(r_B − r_A) of the preference model for every comparison, in OUT/pm/ (resumable)."""
     from trainers.rewards import PreferenceModelReward
 
-    identity = {"judge_pm": c.judge_pm}
+    identity = {"judge_pm": c.judge_pm, "pm_digest": _digest(c.judge_pm)}
     RunDir.check(c.out / "pm", identity, kind="eval-pm-scores", overwrite=c.overwrite)
     run = RunDir(c.out / "pm", identity, overwrite=c.overwrite, kind="eval-pm-scores")
     state: dict = {}
@@ -120,6 +121,13 @@ def pm_scores(c: WinrateConfig, comparisons: list) -> dict[str, dict]:
         return {r["id"]: r for r in run.records()}
     finally:
         run.close()
+
+
+def _digest(model: str) -> str | None:
+    """A local model folder's digest (a model retrained at the same path is not mistaken for the old one)."""
+    from .state import tree_digest
+
+    return tree_digest(Path(model)) if Path(model).is_dir() else None
 
 
 def _check_out(out: Path) -> None:

@@ -66,7 +66,7 @@ class Policy:
 
     def generate(self, requests, params):
         self.calls += [r[-1]["content"] for r in requests]
-        side = 0 if self.model_id == "model-A" else 1
+        side = 0 if self.model_id.endswith("model-A") else 1
         texts = [ANSWERS[r[-1]["content"]][side] for r in requests]
         return [Completion(t, 3, len(t.split()), "stop") for t in texts]
 
@@ -172,6 +172,16 @@ def test_winrate_refuses_other_settings_and_foreign_folders(fakes, tmp_path):
     result = CliRunner().invoke(app, ["eval", "winrate", "--model-a", "model-A", "--model-b", "model-C", "-p", str(prompts),
                                       "--constitution", str(const), "--out", str(out), "-q"])
     assert result.exit_code == 2 and "different settings" in result.output and "Traceback" not in result.output
+    # a model folder retrained in place is not mistaken for the one that answered before
+    for name in ("model-A", "model-B"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    args = ["eval", "winrate", "--model-a", str(tmp_path / "model-A"), "--model-b", str(tmp_path / "model-B"), "-p", str(prompts),
+            "--constitution", str(const), "--out", str(tmp_path / "eval-dirs"), "-q"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    (tmp_path / "model-B" / "config.json").write_text('{"retrained": true}')
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "model_digest" in result.output and "b was started with different settings" in result.output
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     result = CliRunner().invoke(app, ["eval", "winrate", "--model-a", "model-A", "--model-b", "model-B", "-p", str(prompts),
