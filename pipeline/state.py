@@ -170,12 +170,14 @@ def plan(stages: list[Stage], root: Path, state: dict, *, from_stage: str | None
                 raise ValueError(f"{folder} exists but was not made by this pipeline (no entry in {root / STATE_FILE}); "
                                  "move it away or use another --out")
             action, why = "run", "not run yet"
-        elif upstream_moving:
-            action, why = "rerun", f"upstream {', '.join(upstream_moving)} (re)runs"
+        elif upstream_moving or old.get("fingerprint") != fp:
+            reasons = _changes(old.get("parts", {}), parts) if old.get("fingerprint") != fp else []
+            if upstream_moving:  # its own changes first, then the upstream stages that run again
+                reasons = [r for r in reasons if not r.startswith(("upstream ", "fingerprint "))]
+                reasons.append(f"upstream {', '.join(upstream_moving)} (re)runs")
+            action, why = "rerun", "; ".join(reasons)
         elif not folder.exists():
             action, why = "run", f"{folder} is missing"
-        elif old.get("fingerprint") != fp:
-            action, why = "rerun", "; ".join(_changes(old.get("parts", {}), parts))
         else:
             consumed = old.get("consumed", {})
             for u in stage.upstream:

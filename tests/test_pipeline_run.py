@@ -16,13 +16,13 @@ from cai_cli import app
 TRAIN = "max_steps: 2, batch_size: 2, max_length: 512, on_long: truncate, eval_fraction: 0, quiet: true"
 
 
-def pipeline_text(model: Path, prompts: Path, label_extra: str = "") -> str:
+def pipeline_text(model: Path, prompts: Path, label_extra: str = "", constitution: str | Path = "harmless") -> str:
     return f"""\
 name: tiny-test
 stages:
   - name: sl-cai
     command: sl-cai
-    config: {{constitution: harmless, prompts: {prompts}, limit: 2, model: {model}, few_shot: 1, max_new_tokens: 8, batch_size: 4}}
+    config: {{constitution: {constitution}, prompts: {prompts}, limit: 2, model: {model}, few_shot: 1, max_new_tokens: 8, batch_size: 4}}
   - name: sft
     command: sft
     config: {{data: {{from: sl-cai}}, model: {model}, {TRAIN}}}
@@ -31,7 +31,7 @@ stages:
     config: {{prompts: {prompts}, model: {{from: sft}}, max_new_tokens: 8}}
   - name: label
     command: label-preference
-    config: {{pairs: {{from: pairs}}, labeler_model: {model}{label_extra}}}
+    config: {{pairs: {{from: pairs}}, labeler_model: {model}, constitution: {constitution}{label_extra}}}
   - name: pm
     command: pm
     config: {{data: {{from: label}}, model: {model}, {TRAIN}}}
@@ -69,8 +69,9 @@ def finished(root: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_tiny_pipeline_runs_skips_and_reruns_downstream(tmp_path, tiny_model_dir, prompts):
-    file, root = tmp_path / "loop.yaml", tmp_path / "root"
-    file.write_text(pipeline_text(tiny_model_dir, prompts))
+    file, root, const = tmp_path / "loop.yaml", tmp_path / "root", tmp_path / "harmless.yaml"
+    const.write_text((Path(__file__).resolve().parent.parent / "constitution/library/harmless.yaml").read_text())
+    file.write_text(pipeline_text(tiny_model_dir, prompts, constitution=const))
     out = cai("run", file, "--out", root, "--dry-run")
     assert set(actions(out).values()) == {"run"} and not root.joinpath("pipeline.json").exists()
 
@@ -87,7 +88,7 @@ def test_tiny_pipeline_runs_skips_and_reruns_downstream(tmp_path, tiny_model_dir
     assert set(actions(out).values()) == {"skip"} and "0 stage(s) ran" in out
     assert finished(root) == first
 
-    file.write_text(pipeline_text(tiny_model_dir, prompts, label_extra=", seed: 3"))  # one label option changed
+    file.write_text(pipeline_text(tiny_model_dir, prompts, label_extra=", seed: 3", constitution=const))  # one label option changed
     out = cai("run", file, "--out", root, "--dry-run")
     assert actions(out) == {"sl-cai": "skip", "sft": "skip", "pairs": "skip", "label": "rerun", "pm": "rerun", "dpo": "rerun",
                             "eval": "rerun"}
@@ -114,6 +115,10 @@ def test_tiny_pipeline_runs_skips_and_reruns_downstream(tmp_path, tiny_model_dir
     prefs.write_text(prefs.read_text()[:-1])
     out = cai("run", file, "--out", root, "--dry-run")
     assert actions(out)["eval"] == "resume" and actions(out)["pm"] == "skip"
+    const.write_text(const.read_text().replace("harmful", "hurtful", 1))  # the constitution edited: both stages that use it rerun
+    out = cai("run", file, "--out", root, "--dry-run")
+    assert set(actions(out).values()) == {"rerun"} and re.search(r"sl-cai\s+sl-cai\s+rerun\s+constitution changed", out)
+    assert re.search(r"label\s+label-preference\s+rerun\s+constitution changed", out)
 
 
 def test_dry_run_plan_on_a_fresh_root(tmp_path, prompts):
