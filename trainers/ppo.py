@@ -23,7 +23,9 @@ One iteration, top to bottom (``train_ppo``):
 
 The reference policy is a frozen copy of the initial policy, or — with LoRA — the policy itself with its
 adapters switched off (no second copy in memory); GRPO with β = 0 loads none. A "step" in metrics.jsonl and
-checkpoints is one iteration. GRPO is ``--algo grpo`` of this command, not a command of its own: it shares
+checkpoints is one iteration. Under torchrun / accelerate launch each rank rolls out its share of the
+prompts and the batch statistics and the update's minibatches span every rank (``trainers/rl_distributed.py``).
+GRPO is ``--algo grpo`` of this command, not a command of its own: it shares
 every option of the rollout, reward, checkpoint and resume machinery with PPO and RLOO.
 """
 
@@ -169,9 +171,11 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
     import torch
 
     from generators.inputs import PromptFileError, read_prompts
-    from trainers.losses import AdaptiveKLController, masked_mean
+    from trainers.distributed import record_rows
+    from trainers.losses import AdaptiveKLController
     from trainers.ppo_update import compute_advantages, ppo_update
     from trainers.rewards import RewardSpecError, RunningMoments, reward_from_config
+    from trainers.rl_distributed import iteration_metrics, my_prompts, update_moments
     from trainers.rollout import PolicyAndValue, ValueHead, eos_token_ids, render_prompt_ids, sample_rollouts, score_rollout
     from trainers.vllm_rollout import logprob_mismatch
 
@@ -187,9 +191,10 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
     policy, tokenizer = load_model_and_tokenizer(config.model, **model_options(config))
     disable_dropout(policy)  # the rollout's log-probs (eval mode) and the update's (train mode) must agree
     accelerator = make_accelerator(config)
-    if accelerator.num_processes > 1:  # not done yet: each rank would roll out every prompt and write every file
-        raise ConfigError(f"cai train ppo runs in one process for now ({accelerator.num_processes} were launched); "
-                          "start it without torchrun / accelerate launch (sft, pm, dpo and kto train on several)")
+    world, main = accelerator.num_processes, accelerator.is_main_process
+    if world > 1 and config.rollout_engine == "vllm":
+        raise ConfigError(f"--rollout-engine vllm runs in one process for now ({world} were launched); "
+                          "use --rollout-engine transformers under torchrun / accelerate launch")
     # LoRA: the reference is the policy with its adapters off (None); GRPO with β = 0: no reference at all
     reference = None if config.lora_r > 0 or not config.needs_reference else copy.deepcopy(policy).requires_grad_(False).eval()
     value_head = value_backbone = None
@@ -219,6 +224,8 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
     updates_per_iteration = config.ppo_epochs * math.ceil(config.samples_per_iteration / config.minibatch_size)
     optimizer, scheduler = make_optimizer_and_scheduler(model, config, config.iterations * updates_per_iteration)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if world > 1:  # every rank samples its own prompts: give each its own random stream (checkpointed per rank)
+        torch.manual_seed(config.seed * 1_000_003 + accelerator.process_index)
     inner = accelerator.unwrap_model(model)
 
     sampler = None
@@ -236,8 +243,9 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
         moments.load_state_dict(state["reward_moments"])
     if sampler is not None and start > 0:  # vLLM loaded the initial weights; the checkpoint's go in now
         sampler.sync(inner.policy)
-    logger = MetricsLogger(out, config, resume_step=start)
-    keep_lines_up_to(out / SAMPLES_FILE, start)
+    logger = MetricsLogger(out, config, resume_step=start, main=main)
+    if main:
+        keep_lines_up_to(out / SAMPLES_FILE, start)
 
     bar = progress_bar(config.iterations, initial=start, desc=config.algo, quiet=config.quiet)
     model.train()
@@ -245,7 +253,8 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
     for step in range(start, config.iterations):
         # ---- 1. rollout -------------------------------------------------------------------------------
         t0 = time.perf_counter()
-        rows = plan.micro_batches(step)[0]
+        rows = my_prompts(plan.micro_batches(step)[0], accelerator)  # this rank's share of the iteration's prompts
+        record_rows(accelerator, step + 1, [(rows, True)])  # only with CAI_DEBUG_ROWS_DIR set (a test hook)
         rows = [r for r in rows for _ in range(config.samples_per_prompt)]  # RLOO / GRPO: the k samples of a prompt side by side
         sampler_logp = None
         if sampler is None:
@@ -265,14 +274,14 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
         t2 = time.perf_counter()
 
         # ---- 3. advantages ---------------------------------------------------------------------------
-        old_logp, ref_logp, old_values, entropy = score_rollout(model, reference, roll, accelerator, config.temperature,
+        old_logp, ref_logp, old_values, entropy = score_rollout(inner, reference, roll, accelerator, config.temperature,
                                                                 config.generation_batch_size, with_reference=config.needs_reference)
         t3 = time.perf_counter()
         if config.normalize_rewards and config.algo != "grpo":  # GRPO normalises within each group instead
-            moments.update(scores)
+            update_moments(moments, scores, accelerator)
             scores = moments.normalize(scores)
         beta = kl_ctl.value
-        advantages, returns, kl = compute_advantages(config, scores, old_logp, ref_logp, old_values, mask, beta)
+        advantages, returns, kl = compute_advantages(config, scores, old_logp, ref_logp, old_values, mask, beta, accelerator)
         seq_kl = kl.sum(-1)
         mismatch = {}
         if sampler_logp is not None:  # vLLM sampled; the trainer's own log-probs are the ones trained on
@@ -282,38 +291,39 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
 
         # ---- 4. update ------------------------------------------------------------------------------
         stats, lr = ppo_update(model, optimizer, scheduler, accelerator, roll, mask, old_logp, old_values, advantages, returns, config,
-                               ref_logp=ref_logp, beta=beta)
+                               ref_logp=ref_logp, beta=beta, step=step)
         t4 = time.perf_counter()
         if sampler is not None:  # the next rollout samples from the updated policy
             mismatch["weight_sync_s"] = sampler.sync(inner.policy)
 
         # ---- 5. KL controller, logs, checkpoint -----------------------------------------------------
-        kl_ctl.update(seq_kl.mean().item(), len(rows))
+        means = iteration_metrics(accelerator, raw_scores, seq_kl, entropy, mask, roll.finished)  # over all ranks
+        samples = means.pop("samples")
+        kl_ctl.update(means["kl"], int(samples))
         metrics = {
-            "reward": raw_scores.mean().item(), "reward_std": raw_scores.std(unbiased=False).item(),
-            "kl": seq_kl.mean().item(), "kl_coef": beta, "entropy": masked_mean(entropy, mask).item(),
-            "response_length": mask.sum(-1).mean().item(), "eos_fraction": roll.finished.float().mean().item(),
-            **stats, **mismatch,
+            **means, "kl_coef": beta, **stats, **mismatch,
             "lr": lr, "rollout_s": t1 - t0, "reward_s": t2 - t1, "logprobs_s": t3 - t2,
-            "update_s": t4 - t3, "samples_per_s": len(rows) / (time.perf_counter() - t0),
+            "update_s": t4 - t3, "samples_per_s": samples / (time.perf_counter() - t0),
         }
         logger.log(step + 1, metrics)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}")
-        if (step + 1) % config.sample_every == 0 or step == 0:
+        if main and ((step + 1) % config.sample_every == 0 or step == 0):
             write_samples(out, step + 1, conversations, roll, raw_scores)
         last = step + 1
         stopping = config.stop_after_steps is not None and last - start >= config.stop_after_steps
         if last % config.save_every == 0 or stopping or last == config.iterations:
             save_checkpoint(out, last, accelerator, model, optimizer, scheduler, config, plan,
                             extra={"kl_controller": kl_ctl.state_dict(), "reward_moments": moments.state_dict()})
-        if last % config.plot_every == 0:
+        if main and last % config.plot_every == 0:
             write_plot(out)
         if stopping:
             break
     bar.close()
     logger.close()
-    write_plot(out)
+    accelerator.wait_for_everyone()  # metrics.jsonl is complete before any rank reads it
+    if main:
+        write_plot(out)
     records = read_metrics(out)
     summary = {
         "algo": config.algo, "model": config.model, "reward": reward_name, "iterations_done": last,
@@ -322,7 +332,8 @@ def train_ppo(config: PPOConfig, reward_fn=None) -> dict:
         "last_kl": records[-1]["kl"] if records else None, "kl_coef": kl_ctl.value,
     }
     if last >= config.iterations:
-        save_value_head(out, inner)
+        if main:
+            save_value_head(out, inner)
         save_final_model(out, accelerator, inner.policy, tokenizer, summary=summary)
     return summary
 

@@ -218,7 +218,10 @@ class RunningMoments:
         n = values.numel()
         if n == 0:
             return
-        batch_mean, batch_var = values.mean().item(), values.var(unbiased=False).item()
+        self.update_stats(n, values.mean().item(), values.var(unbiased=False).item())
+
+    def update_stats(self, n: int, batch_mean: float, batch_var: float) -> None:
+        """Fold in a batch known by its size, mean and population variance (e.g. reduced over processes)."""
         total = self.count + n
         delta = batch_mean - self.mean
         m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
