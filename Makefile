@@ -36,7 +36,7 @@ LOOP_OUT ?= runs/loop
 .PHONY: demo-loop
 demo-loop: $(STAMP)
 	$(VENV)/bin/cai run pipelines/tiny-cpu.yaml --out $(LOOP_OUT)
-	@if $(VENV)/bin/cai report --help >/dev/null 2>&1; then $(VENV)/bin/cai report $(LOOP_OUT) --out $(LOOP_OUT)/report.html; fi
+	$(VENV)/bin/cai report $(LOOP_OUT) --out $(LOOP_OUT)/report.html
 
 # CI runs `make test`: lint first (ruff, configured in pyproject.toml), then the whole suite.
 test: lint setup-browser
