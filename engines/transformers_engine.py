@@ -1,5 +1,9 @@
 """The ``transformers`` engine: a local Hugging Face causal LM, on CPU or one GPU.
 
+``dtype="auto"`` (the default) is bfloat16 on a GPU that supports it and on a CPU with native bf16
+matrix instructions (AVX512-BF16 or AMX), float32 elsewhere (engines/dtypes.py); ``dtype="float32"``
+forces full precision.
+
 Generation is batched: requests are tokenized, sorted by length (so a batch holds prompts of
 similar length and little padding), left-padded (so every row's next token sits in the last
 column) and handed to ``model.generate``; completions come back in request order. Sampling seeds
@@ -26,6 +30,7 @@ import logging
 from typing import Sequence
 
 from .base import Completion, GenerationParams, Message, Request, check_on_long, fit_prompt
+from .dtypes import auto_dtype
 from .embedded import resolve_model
 from .prefix_cache import SharedPrefix, left_pad
 
@@ -61,11 +66,7 @@ class TransformersEngine:
         self.batch_size = batch_size
         self.on_long = check_on_long(on_long)  # a prompt + max_new_tokens over max_length: truncate, skip or error
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dtype == "auto":
-            on_cuda = self.device.type == "cuda"
-            torch_dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
-        else:
-            torch_dtype = getattr(torch, dtype)
+        torch_dtype = getattr(torch, auto_dtype(self.device) if dtype == "auto" else dtype)
 
         path = resolve_model(model)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

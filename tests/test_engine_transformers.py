@@ -32,7 +32,7 @@ def lively_model_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(lively_model_dir):
-    return load_engine("transformers", str(lively_model_dir), batch_size=4)
+    return load_engine("transformers", str(lively_model_dir), batch_size=4, dtype="float32")  # exact equalities below: float32 on any CPU
 
 
 CHATS = [
@@ -105,7 +105,7 @@ def test_eos_ends_a_row_and_counts(engine, lively_model_dir, tmp_path):
     config = json.loads(config_path.read_text())
     config["eos_token_id"] = engine.eos_token_ids + [third]
     config_path.write_text(json.dumps(config))
-    eng = load_engine("transformers", str(folder), batch_size=2)
+    eng = load_engine("transformers", str(folder), batch_size=2, dtype="float32")
     completions = eng.generate(RAW, params)
     assert completions[0].completion_tokens == 3 and completions[0].finish_reason == "stop"
     assert completions[0].text == eng.tokenizer.decode(free[0][:2], skip_special_tokens=True)
@@ -136,7 +136,7 @@ def test_model_generation_defaults_do_not_leak(engine, lively_model_dir, tmp_pat
     config = json.loads(config_path.read_text())
     config.update(do_sample=True, temperature=0.3, top_k=3, repetition_penalty=5.0, no_repeat_ngram_size=2)
     config_path.write_text(json.dumps(config))
-    opinionated = load_engine("transformers", str(folder), batch_size=4)
+    opinionated = load_engine("transformers", str(folder), batch_size=4, dtype="float32")
     for params in (GenerationParams(max_new_tokens=8, temperature=0), GenerationParams(max_new_tokens=8, temperature=1.0, seed=3)):
         assert opinionated.generate(RAW, params) == engine.generate(RAW, params)
 
@@ -308,7 +308,7 @@ def test_bad_input_errors(engine):
 
 
 def test_max_length_keeps_prompt_tail_and_refuses_long_scores(lively_model_dir):
-    short = load_engine("transformers", str(lively_model_dir), max_length=12)
+    short = load_engine("transformers", str(lively_model_dir), max_length=12, dtype="float32")
     long_prompt = "one two three four five six seven eight nine ten eleven twelve"
     ids = short.tokenizer(long_prompt).input_ids
     assert len(ids) + 4 > 12
@@ -333,3 +333,17 @@ def test_embedded_model_smoke(embedded_model_dir):
     context = eng.render_chat(chats[0]) + "The capital of France is"
     paris, london = eng.score_options([context], [" Paris", " London"])[0]
     assert paris > london
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_has_native_bf16(monkeypatch, lively_model_dir):
+    import engines.dtypes as dtypes
+
+    assert isinstance(dtypes.cpu_has_fast_bf16(), bool)  # this machine's answer, whatever it is
+
+    monkeypatch.setattr(dtypes, "cpu_has_fast_bf16", lambda: False)  # AVX2 only: bf16 would be emulated, slower
+    assert dtypes.auto_dtype(torch.device("cpu")) == "float32"
+    assert load_engine("transformers", str(lively_model_dir), device="cpu").model.dtype == torch.float32
+    monkeypatch.setattr(dtypes, "cpu_has_fast_bf16", lambda: True)  # AVX512-BF16 or AMX
+    assert load_engine("transformers", str(lively_model_dir), device="cpu").model.dtype == torch.bfloat16
+    forced = load_engine("transformers", str(lively_model_dir), device="cpu", dtype="float32")  # the user's choice wins
+    assert forced.model.dtype == torch.float32
