@@ -126,8 +126,8 @@ def sl_cai_section(run: Run, rows: list[dict], max_examples: int) -> dict:
                              "rounds": [{"principle": rd.get("principle_id") or "?", "critique": rd.get("critique"),
                                          "revision": rd.get("revision") or "",
                                          "similarity": similarity(initial, rd.get("revision") or "")} for rd in r.get("rounds", [])]})
-    table = [{"principle": pid, "rounds": p["rounds"], "changed": p["changed"] / p["rounds"], "similarity": mean(p["similarity"]),
-              "initial_words": mean(p["initial"]), "revision_words": mean(p["revision"])}
+    table = [{"principle": pid, "rounds": p["rounds"], "changed": p["changed"] / p["rounds"], "similarity": float(mean(p["similarity"])),
+              "initial_words": float(mean(p["initial"])), "revision_words": float(mean(p["revision"]))}
              for pid, p in sorted(per.items())]
     all_rounds = sum(t["rounds"] for t in table)
     chart = plots.bars([t["principle"] for t in table], [t["changed"] for t in table], ylabel="share materially revised",
@@ -165,7 +165,7 @@ def label_section(run: Run, rows: list[dict]) -> dict:
     for r, v in zip(rows, values):
         for pid in r.get("principle_ids") or ["(none)"]:
             per[pid].append((v, r.get("position_flip")))
-    out["per_principle"] = [{"principle": pid, "n": len(items), "mean": mean(v for v, _ in items),
+    out["per_principle"] = [{"principle": pid, "n": len(items), "mean": float(mean(v for v, _ in items)),
                              "decisive": sum(abs(v - 0.5) >= 0.25 for v, _ in items) / len(items),
                              "flip_rate": _rate([f for _, f in items])} for pid, items in sorted(per.items())]
     return out
