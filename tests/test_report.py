@@ -186,3 +186,17 @@ def test_reads_a_summary_built_by_the_winrate_code(tmp_path):
     assert shown["evaluation"] == ["eval"]
     assert "B wins" in html and "66.7 %" in html and "1 prompt(s) skipped" in html and "(90 and 140 characters)" in html
     assert "give the same verdict on" in html and "25.0 %" in html
+
+
+def test_binary_and_score_label_runs(tmp_path):
+    prompt = [{"role": "user", "content": "q"}]
+    write_json(tmp_path / "kto-labels" / "run.json", {"kind": "label-binary", "identity": {}})
+    write_jsonl(tmp_path / "kto-labels" / "records.jsonl", [
+        {"id": f"b{i}", "prompt": prompt, "response": "r", "p_desirable": i / 10, "label": i >= 5, "confidence": abs(i / 10 - 0.5) * 2,
+         "principle_ids": ["less-harmful"]} for i in range(10)])
+    write_json(tmp_path / "scores" / "run.json", {"kind": "label-score", "identity": {}})
+    write_jsonl(tmp_path / "scores" / "records.jsonl", [
+        {"id": f"s{i}", "prompt": prompt, "response": "r", "expected_rating": 1 + i, "score": -1 + i / 4.5} for i in range(10)])
+    html, shown = build_report([tmp_path])
+    assert shown["labels"] == [f"{tmp_path.name}/kto-labels", f"{tmp_path.name}/scores"]
+    assert "50.0 % labelled desirable" in html and "label-score" in html and "mean score" in html
