@@ -48,14 +48,26 @@ def _load_engine(config):
 
 def _executor(config) -> dict:
     """``executor=`` and ``engine_spec=`` for a label function: none for a local run; with ``--executor
-    ray`` the Ray executor and the spec each worker builds its engine from (the engine is still loaded
-    here too, for the checks before the run: can it score, does the template render)."""
+    ray`` the Ray executor and the spec each worker builds its engine from."""
     if config.executor != "ray":
         return {}
     from jobs.ray_executor import make_executor
 
     spec = engine_spec_from(config)  # a ConfigError is a ValueError: one `error:` line
     return {"executor": make_executor(config), "engine_spec": spec}
+
+
+def _engine(config, run_on: dict):
+    """The engine this process labels with (a local run), or with ``--executor ray`` what the checks before
+    the run need of it (can it score, does the template render): an ``EngineView`` that loads the model's
+    tokenizer but not the model, since the driver of a cluster run may have no GPU. An ``openai`` client
+    loads no model, so it is built as it is."""
+    spec = run_on.get("engine_spec")
+    if spec is None or spec.name == "openai":
+        return _load_engine(config)
+    from engines.view import EngineView
+
+    return EngineView(spec.name, spec.model, **spec.options)
 
 
 def _constitution(name):
@@ -100,7 +112,7 @@ def preference(c: PreferenceConfig):
         clamp = _clamp(c.cot_clamp)
         const = _constitution(c.constitution)
         run_on = _executor(c)
-        eng = _load_engine(c)
+        eng = _engine(c, run_on)
         return label_preferences(const, c.pairs, eng, c.out, template=c.template, ensemble=c.ensemble,
                                  both_orders=not c.single_order, cot=c.cot, cot_clamp=clamp, cot_max_tokens=c.cot_max_tokens,
                                  seed=c.seed, batch_size=c.batch_size, all_pairs=c.all_pairs, min_margin=c.min_margin,
@@ -125,7 +137,7 @@ def binary(c: BinaryConfig):
     def work():
         const = None if c.question else _constitution(c.constitution)
         run_on = _executor(c)
-        eng = _load_engine(c)
+        eng = _engine(c, run_on)
         return label_binary(const, c.inputs, eng, c.out, question=c.question, template=c.template, seed=c.seed,
                             batch_size=c.batch_size, min_margin=c.min_margin, overwrite=c.overwrite, progress=not c.quiet,
                             config=config_to_dict(c, resolved=True), **run_on)
@@ -148,7 +160,7 @@ def score(c: ScoreConfig):
     def work():
         const = None if c.question else _constitution(c.constitution)
         run_on = _executor(c)
-        eng = _load_engine(c)
+        eng = _engine(c, run_on)
         return label_scores(const, c.inputs, eng, c.out, question=c.question, template=c.template, seed=c.seed,
                             batch_size=c.batch_size, overwrite=c.overwrite, progress=not c.quiet,
                             config=config_to_dict(c, resolved=True), **run_on)

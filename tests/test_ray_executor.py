@@ -102,8 +102,9 @@ def test_worker_dying_mid_shard_is_redone(ray_cluster, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["preference", "binary", "score"])
-def test_ray_labeling_matches_local(ray_cluster, tmp_path, kind):
-    """The labelers' per-batch functions travel too (scored here by a fake labeler built from a spec)."""
+def test_ray_labeling_matches_local(ray_cluster, tmp_path, kind, monkeypatch):
+    """The labelers' per-batch functions travel too (scored here by a fake labeler built from a spec); the
+    driver of the Ray run loads no engine (its head node may have no GPU)."""
     data = tmp_path / "in.jsonl"
     row = (lambda i: {"prompt": f"q{i}", "response_a": f"a{i}", "response_b": f"b{i}"}) if kind == "preference" else \
         (lambda i: {"prompt": f"q{i}", "response": f"r{i}"})
@@ -111,6 +112,7 @@ def test_ray_labeling_matches_local(ray_cluster, tmp_path, kind):
     common = ["label", kind, data, "--engine", "ray_fakes:ScoringEngine", "--labeler-model", "fake", "--batch-size", 4, "--quiet"]
     r = cai(*common, "--out", tmp_path / "local")
     assert r.exit_code == 0, r.output
+    monkeypatch.setattr("labelers.cli._load_engine", lambda c: pytest.fail("the driver should load no engine"))
     r = cai(*common, "--out", tmp_path / "ray", "--executor", "ray", "--num-workers", 2)
     assert r.exit_code == 0, r.output
     assert by_id(records(tmp_path / "ray")) == by_id(records(tmp_path / "local")) and len(records(tmp_path / "ray")) == 5
