@@ -37,3 +37,17 @@ def auto_dtype(device) -> str:
     if device.type == "cpu":
         return "bfloat16" if cpu_has_fast_bf16() else "float32"
     return "float32"
+
+
+def score_dtype_for(score_dtype: str | None, dtype: str, model_dtype, device):
+    """The torch dtype scoring runs in. ``None``/"auto": float32 where ``dtype="auto"`` picked bf16 on a
+    CPU (bf16 there is for generation speed; labels keep float32's p_a), else the model's own dtype."""
+    import torch
+
+    if score_dtype not in (None, "auto", "float32", "bfloat16", "float16"):
+        raise ValueError(f"score_dtype must be one of auto, float32, bfloat16, float16, got {score_dtype!r}")
+    if score_dtype not in (None, "auto"):
+        return getattr(torch, score_dtype)
+    if dtype == "auto" and device.type == "cpu" and model_dtype == torch.bfloat16:
+        return torch.float32
+    return model_dtype

@@ -30,9 +30,10 @@ import logging
 from typing import Sequence
 
 from .base import Completion, GenerationParams, Message, Request, check_on_long, fit_prompt
-from .dtypes import auto_dtype
+from .dtypes import auto_dtype, score_dtype_for
 from .embedded import resolve_model
 from .prefix_cache import SharedPrefix, left_pad
+from .tokens import _eos_ids, _first_stop, encode_context, encode_continuation
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class TransformersEngine:
         *,
         device: str | None = None,
         dtype: str | None = None,
+        score_dtype: str | None = None,
         batch_size: int = 16,
         trust_remote_code: bool = False,
         max_length: int | None = None,
@@ -67,8 +69,11 @@ class TransformersEngine:
         self.on_long = check_on_long(on_long)  # a prompt + max_new_tokens over max_length: truncate, skip or error
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch_dtype = getattr(torch, auto_dtype(self.device) if dtype == "auto" else dtype)
+        # Scoring (labels) in float32 when bf16 was only chosen for speed on a CPU: see engines/dtypes.py.
+        self.score_dtype = score_dtype_for(score_dtype, dtype, torch_dtype, self.device)
 
-        path = resolve_model(model)
+        path = self._path = resolve_model(model)
+        self._trust_remote_code = trust_remote_code
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
@@ -86,6 +91,7 @@ class TransformersEngine:
         self._shares_cache = True  # score_options reuses a context's KV cache across its options
         # ... and generate and score_options run a batch's common prefix once for all its rows
         self._prefix = SharedPrefix(self.model, self.pad_token_id, self.device)
+        self._scorer = None  # (model, SharedPrefix) for scoring, loaded on first use if score_dtype differs
 
     # ------------------------------------------------------------------ rendering and tokenizing
 
@@ -231,6 +237,18 @@ class TransformersEngine:
 
     # ------------------------------------------------------------------ scoring
 
+    def scoring_model(self):
+        """(model, SharedPrefix) that scoring runs on: the generation model, or a copy in score_dtype."""
+        if self.score_dtype == self.model.dtype:
+            return self.model, self._prefix
+        if self._scorer is None:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(self._path, dtype=self.score_dtype, use_safetensors=True,
+                                                         trust_remote_code=self._trust_remote_code).to(self.device).eval()
+            self._scorer = (model, SharedPrefix(model, self.pad_token_id, self.device))
+        return self._scorer
+
     def score(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[float]:
         """Summed log-probability of each continuation given its context (not part of the Engine
         protocol: ``score_options`` is)."""
@@ -299,21 +317,22 @@ class TransformersEngine:
 
         order = sorted(range(len(context_ids)), key=lambda i: -len(context_ids[i]))
         results: list[list[float]] = [[] for _ in context_ids]
+        model, prefix = self.scoring_model()
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             with torch.inference_mode():
-                last_logits, cache, mask = self._prefix.last_logits([context_ids[i] for i in batch], keep_cache=tail_width > 0)
+                last_logits, cache, mask = prefix.last_logits([context_ids[i] for i in batch], keep_cache=tail_width > 0)
                 totals = torch.log_softmax(last_logits.float(), dim=-1)[:, first]  # (B, k)
                 if tail_width:
                     # after the repeat, row r*k + j is context r followed by option j
                     cache.batch_repeat_interleave(k)
                     lengths = mask.sum(-1).repeat_interleave(k)
                     tail_positions = lengths[:, None] + torch.arange(tail_width, device=self.device)
-                    logits = self.model(
+                    logits = model(
                         input_ids=tail_ids[:, :tail_width].repeat(len(batch), 1),
                         attention_mask=torch.cat([mask.repeat_interleave(k, 0), tail_mask[:, :tail_width].repeat(len(batch), 1)], dim=1),
                         position_ids=tail_positions,
-                        **{self._prefix.cache_argument: cache},
+                        **{prefix.cache_argument: cache},
                     ).logits
                     picked = torch.log_softmax(logits.float(), dim=-1).gather(
                         -1, tail_targets[:, :tail_width].repeat(len(batch), 1).unsqueeze(-1)
@@ -343,6 +362,7 @@ class TransformersEngine:
                     )
                 todo.append(i)
         todo.sort(key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        model, _ = self.scoring_model()
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start : start + self.batch_size]
             rows = [(pairs[i][0] + pairs[i][1])[:-1] for i in batch]
@@ -355,7 +375,7 @@ class TransformersEngine:
                 targets[row, keep - len(target) :] = torch.tensor(target)
                 target_mask[row, keep - len(target) :] = True
             with torch.inference_mode():
-                logits = self.model(
+                logits = model(
                     input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
                 ).logits
             logprobs = torch.log_softmax(logits.float(), dim=-1)
@@ -364,34 +384,3 @@ class TransformersEngine:
             for row, i in enumerate(batch):
                 results[i] = sums[row]
         return results
-
-
-def encode_context(tokenizer, text: str) -> list[int]:
-    """Token ids of a prompt or scoring context: with the tokenizer's BOS if it adds one, but never
-    two (a rendered chat template often already starts with the BOS text)."""
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    bos = tokenizer.bos_token_id
-    if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
-        ids = ids[1:]
-    return ids
-
-
-def encode_continuation(tokenizer, text: str) -> list[int]:
-    """A continuation is tokenized on its own, without special tokens, and appended to the
-    context's ids: token boundaries are then exactly the ones the score sums over."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _eos_ids(*candidates) -> list[int]:
-    ids: list[int] = []
-    for c in candidates:
-        for t in (c if isinstance(c, (list, tuple)) else [c]):
-            if t is not None and t not in ids:
-                ids.append(int(t))
-    return ids
-
-
-def _first_stop(text: str, stop: Sequence[str]) -> int | None:
-    positions = [text.find(s) for s in stop if s]
-    positions = [p for p in positions if p >= 0]
-    return min(positions) if positions else None

@@ -347,3 +347,20 @@ def test_auto_dtype_is_bfloat16_only_where_the_cpu_has_native_bf16(monkeypatch, 
     assert load_engine("transformers", str(lively_model_dir), device="cpu").model.dtype == torch.bfloat16
     forced = load_engine("transformers", str(lively_model_dir), device="cpu", dtype="float32")  # the user's choice wins
     assert forced.model.dtype == torch.float32
+
+
+def test_bf16_chosen_for_speed_on_cpu_still_scores_in_float32(monkeypatch, lively_model_dir):
+    import engines.dtypes as dtypes
+
+    monkeypatch.setattr(dtypes, "cpu_has_fast_bf16", lambda: True)
+    fast = load_engine("transformers", str(lively_model_dir), device="cpu", batch_size=4)
+    full = load_engine("transformers", str(lively_model_dir), device="cpu", batch_size=4, dtype="float32")
+    assert fast.model.dtype == torch.bfloat16 and fast.score_dtype == torch.float32
+    contexts = ["The quick brown fox jumps over", "Hello there, how are you doing today my friend?"]
+    assert fast.score_options(contexts, [" (A)", " (B)"]) == full.score_options(contexts, [" (A)", " (B)"])
+    assert fast.score(contexts, [" the dog", " fine"]) == full.score(contexts, [" the dog", " fine"])
+    assert fast.scoring_model()[0] is not fast.model  # a float32 copy, loaded on first use
+    bf16 = load_engine("transformers", str(lively_model_dir), device="cpu", dtype="bfloat16")  # asked for: scores in bf16
+    assert bf16.score_dtype == torch.bfloat16 and bf16.scoring_model()[0] is bf16.model
+    with pytest.raises(ValueError, match="score_dtype"):
+        load_engine("transformers", str(lively_model_dir), score_dtype="float8")
