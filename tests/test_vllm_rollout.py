@@ -93,6 +93,33 @@ def test_after_a_sync_vllm_matches_the_trainer(sampler_and_policy):
     assert ours == theirs
 
 
+def test_lora_policy_syncs_its_merged_weights(sampler_and_policy, policy_dir):  # noqa: F811
+    """A LoRA policy (adapters moved off zero) goes into vLLM as W + ΔW: vLLM then matches the adapted
+    model, not the base one."""
+    from trainers.models import load_model_and_tokenizer
+    from trainers.rollout import render_prompt_ids
+    from trainers.vllm_rollout import merged_state_dict
+
+    sampler, _, tokenizer = sampler_and_policy
+    lora, _ = load_model_and_tokenizer(str(policy_dir), lora_r=4, lora_alpha=8)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(1)
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    lora.eval()
+    weights = merged_state_dict(lora)
+    assert not any("lora" in k or "base_layer" in k for k in weights)
+    sampler.sync(lora)
+    prompt_ids = render_prompt_ids(tokenizer, [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Go on."}]], 64)
+    roll, vllm_logp = sampler.generate(prompt_ids, seed=3)
+    gap = (trainer_logprobs(lora, roll, 1.0) - vllm_logp).abs().max().item()
+    with lora.disable_adapter():
+        base_gap = (trainer_logprobs(lora, roll, 1.0) - vllm_logp).abs().max().item()
+    print(f"LoRA merged sync: max |Δ log p| {gap:.2e} (against the adapter-free base: {base_gap:.2e})")
+    assert gap <= TOLERANCE < base_gap
+
+
 def test_grpo_with_vllm_rollouts_raises_the_reward(tmp_path, prompts_file, policy_dir, py_reward, sampler_and_policy):  # noqa: F811
     """The GRPO run of test_train_grpo.py with vLLM sampling (truncated IS always on, to exercise it):
     the reward rises as on the transformers path, the trainer/vLLM log-prob gap stays at rounding level

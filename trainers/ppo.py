@@ -140,8 +140,6 @@ class PPOConfig(TrainBase):
             raise ConfigError("--target-kl needs --kl-coef > 0 (the adaptive controller scales β; with β = 0 no reference is loaded)")
         if self.reward_concurrency < 1 or (self.tis_cap is not None and self.tis_cap <= 0) or self.tis_threshold < 0:
             raise ConfigError("--reward-concurrency must be ≥ 1, --tis-cap > 0 and --tis-threshold ≥ 0")
-        if self.rollout_engine == "vllm" and self.lora_r > 0:
-            raise ConfigError("--rollout-engine vllm with LoRA is not supported yet (merged-weight sync is full fine-tuning only); drop --lora-r")
         if self.separate_value_model and self.algo == "rloo":
             raise ConfigError("--separate-value-model only applies to --algo ppo (RLOO has no value head)")
 

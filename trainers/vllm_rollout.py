@@ -99,14 +99,41 @@ class VLLMRollout:
         return Rollout(ids, mask, response_ids, response_mask, finished, [t.strip() for t in texts]), sampler_logp * response_mask
 
     def sync(self, policy) -> float:
-        """Push ``policy``'s weights (a plain causal LM; HF parameter names) into vLLM; returns the seconds taken."""
+        """Push ``policy``'s weights into vLLM (HF parameter names; with LoRA the merged weights
+        ``W + ΔW`` of every adapted layer, the policy itself untouched); returns the seconds taken."""
         start = time.perf_counter()
-        weights = [(name, tensor.detach()) for name, tensor in policy.state_dict().items()]
+        weights = list(merged_state_dict(policy).items())
         # vLLM's in-place reload: checkpoint-format (HF) names and layouts in, its own loader fuses and repacks
         # them (the CPU build re-packs linear weights after loading, which a bare model.load_weights cannot redo)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         return time.perf_counter() - start
+
+
+@torch.no_grad()
+def merged_state_dict(policy) -> dict[str, torch.Tensor]:
+    """The policy's weights under their plain Hugging Face names. A peft (LoRA) model gives each adapted
+    layer's ``base_layer.weight + get_delta_weight(adapter)`` under the layer's own name and drops the
+    adapters' tensors — the weights ``merge_and_unload`` would give, computed without merging in place."""
+    if not hasattr(policy, "get_base_model"):
+        return {name: t.detach() for name, t in policy.state_dict().items()}
+    from peft.tuners.lora import LoraLayer
+
+    base = policy.get_base_model()
+    deltas: dict[str, torch.Tensor] = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer) and not module.disable_adapters:
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A or adapter in getattr(module, "lora_embedding_A", {}):
+                    key = f"{name}.weight"
+                    deltas[key] = deltas.get(key, 0) + module.get_delta_weight(adapter)
+    weights = {}
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name:
+            continue
+        clean = name.replace(".base_layer.", ".")
+        weights[clean] = (tensor + deltas[clean].to(tensor.dtype)) if clean in deltas else tensor.detach()
+    return weights
 
 
 def logprob_mismatch(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
