@@ -486,3 +486,19 @@ def test_ppo_logs_the_lr_each_update_used(tmp_path, prompts_file, policy_dir, py
                          minibatch_size=4, ppo_epochs=1, max_new_tokens=4, lr_schedule="linear", warmup_ratio=0.5, lr=1e-3)
     train_ppo(config)
     assert [m["lr"] for m in read_metrics(config.out)] == [0.0, pytest.approx(1e-3)]
+
+
+def test_a_checkpoint_with_a_one_string_reward_still_resumes(tmp_path, prompts_file, policy_dir, py_reward):
+    """Checkpoints written before --reward became repeatable hold it as one string: they still resume."""
+    config = make_config(tmp_path / "old", prompts_file, policy_dir, py_reward, iterations=2, batch_size=4, ppo_epochs=1,
+                         max_new_tokens=4, stop_after_steps=1, save_every=1, resume="auto")
+    train_ppo(config)
+    state_file = Path(config.out) / "checkpoints" / "step-1" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["config"]["reward"] == [py_reward]
+    state["config"]["reward"] = py_reward
+    state.get("paths", {})["reward"] = py_reward
+    state_file.write_text(json.dumps(state))
+    summary = train_ppo(make_config(tmp_path / "old", prompts_file, policy_dir, py_reward, iterations=2, batch_size=4,
+                                    ppo_epochs=1, max_new_tokens=4, save_every=1, resume="auto"))
+    assert summary["finished"] and [m["step"] for m in read_metrics(config.out)] == [1, 2]

@@ -135,6 +135,8 @@ def load_checkpoint(path: str | Path, accelerator, model, optimizer, scheduler, 
     state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     now = config_to_dict(config)
     now_paths, then_paths = _path_spellings(now), {**_path_spellings(state["config"]), **state.get("paths", {})}
+    # an option that became repeatable (PPO's --reward: one string → a list) still matches its old one-string form
+    then_paths = {k: [v] if isinstance(v, str) and isinstance(now_paths.get(k), list) else v for k, v in then_paths.items()}
     changed = sorted(k for k, v in state["config"].items() if k not in RESUME_NEUTRAL_FIELDS
                      and (then_paths[k] != now_paths[k] if k in now_paths else now.get(k) != v))
     if changed:
