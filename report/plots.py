@@ -53,6 +53,8 @@ def bars(labels: Sequence[str], values: Sequence[float], *, ylabel: str, title: 
 def curves(panels: list[tuple[str, dict[str, tuple[list[float], list[float]]]]], *, title: str) -> str:
     """One figure with a panel per ``(y label, {series name: (steps, values)})``, steps on the x axis."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     cols = min(3, len(panels))
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
@@ -62,6 +64,7 @@ def curves(panels: list[tuple[str, dict[str, tuple[list[float], list[float]]]]],
             ax.plot(xs, ys, style, label=name, markersize=3)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         ax.grid(alpha=0.3)
         if len(series) > 1:
             ax.legend(fontsize=7)
