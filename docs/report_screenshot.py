@@ -1,7 +1,7 @@
 """Make docs/report.png, the README's picture of `cai report`: render the report of a run root, open it in
 headless Chromium (tests/report_browser.py), screenshot the top of the page, and save it as a 256-colour PNG.
 
-    .venv/bin/python docs/report_screenshot.py runs/loop [--out docs/report.png] [--height 1700] [--scroll-to training]
+    .venv/bin/python docs/report_screenshot.py runs/loop [--out docs/report.png] [--height 1700] [--scroll-to training] [--offset -900]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1200)
     parser.add_argument("--height", type=int, default=1700)
     parser.add_argument("--scroll-to", default=None, help="id of the section to start the picture at")
+    parser.add_argument("--offset", type=int, default=0, help="pixels to move the picture's top by (negative: up)")
     parser.add_argument("--max-examples", type=int, default=3)
     args = parser.parse_args()
     browser = find_browser()
@@ -39,9 +40,9 @@ def main() -> None:
             page = b.open(page_file.as_uri())
             if page.console_errors():
                 sys.exit(f"console errors: {page.console_errors()}")
-            top = 0
+            top = args.offset
             if args.scroll_to:
-                top = page.evaluate(f"document.getElementById({args.scroll_to!r}).getBoundingClientRect().top + window.scrollY - 8")
+                top = page.evaluate(f"document.getElementById({args.scroll_to!r}).getBoundingClientRect().top + window.scrollY - 8") + args.offset
             data = b.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
                                                      "clip": {"x": 0, "y": top, "width": args.width, "height": args.height, "scale": 1}},
                           session=page.session)["data"]
