@@ -49,7 +49,7 @@ def main() -> None:
         import base64
 
         shot.write_bytes(base64.b64decode(data))
-        Image.open(shot).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(args.out, optimize=True)
+        Image.open(shot).convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(args.out, optimize=True)
     print(f"{args.out}: {args.out.stat().st_size // 1024} KB")
 
 
