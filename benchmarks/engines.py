@@ -35,15 +35,14 @@ import gc
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from engines.vllm_server import VLLMServer  # noqa: E402  (needs the repository on sys.path)
 
 ENGINES = ("transformers-fp32", "transformers", "transformers-bf16", "vllm", "vllm-fp32", "openai")
 BASELINE = "vllm"
@@ -62,12 +61,6 @@ def load() -> str:
     return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def requests_for(workload: str, n: int, constitution) -> list:
     from benchmarks.generation import load_prompts
     from generators.critique_revision import conversation_prefix
@@ -76,56 +69,7 @@ def requests_for(workload: str, n: int, constitution) -> list:
     return [prefix + [{"role": "user", "content": p}] for p in load_prompts(n)]
 
 
-class Server:
-    """``python -m vllm.entrypoints.openai.api_server`` on a free port, in its own process group."""
-
-    def __init__(self, path: str, dtype: str, memory_share: float, log_path: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.log = open(log_path, "w")
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--port", str(self.port),
-               "--host", "127.0.0.1", "--dtype", dtype, "--gpu-memory-utilization", str(memory_share),
-               "--max-logprobs", "20", "--seed", "0", "--disable-log-stats"]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the vLLM server exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                with urllib.request.urlopen(self.url + "/models", timeout=5) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(2)
-        raise TimeoutError(f"the vLLM server was not up after {timeout:.0f} s; see {self.log.name}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)  # its own group: the API server and the engine processes it spawned
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-        self.log.close()
-
-
-def close_vllm(engine) -> None:
-    """Shut an in-process vLLM engine's worker processes down (best effort across vLLM versions)."""
-    core = getattr(getattr(getattr(engine, "llm", None), "llm_engine", None), "engine_core", None)
-    for name in ("shutdown", "close"):
-        if callable(getattr(core, name, None)):
-            try:
-                getattr(core, name)()
-            except Exception:
-                pass
-            break
-    gc.collect()
-
-
-def build(name: str, args, path: str, server: Server | None):
+def build(name: str, args, path: str, server: VLLMServer | None):
     from engines import load_engine
 
     if name.startswith("transformers"):
@@ -228,7 +172,9 @@ def main() -> None:
         try:
             t0 = time.perf_counter()
             if kind == "openai":
-                server = Server(path, "bfloat16", args.memory_share, out.with_suffix(".server.log"))
+                server = VLLMServer(path, ["--dtype", "bfloat16", "--gpu-memory-utilization", str(args.memory_share),
+                                           "--max-logprobs", "20", "--seed", "0", "--disable-log-stats"],
+                                    log_path=out.with_suffix(".server.log"))
                 server.wait(args.server_timeout)
             engine = build(kind, args, path, server)
             print(f"{name}: ready in {time.perf_counter() - t0:.0f} s ({dtype_of(engine)})   {load()}", flush=True)
@@ -237,7 +183,7 @@ def main() -> None:
             results[name] = measure(name, engine, args, work, params, gold, constitution)
         finally:
             if kind.startswith("vllm") and engine is not None:
-                close_vllm(engine)
+                engine.close()  # its engine process and workers, now
             if server is not None:
                 server.stop()
             del engine

@@ -7,14 +7,6 @@ engine (both float32). Fault injection stays with the fake server (tests/fake_op
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-
-import httpx
 import pytest
 from typer.testing import CliRunner
 from vllm_real import MODEL, P_A_TOLERANCE, cpu_env, needs_vllm, p_a_by_id, write_pairs
@@ -24,45 +16,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm, needs_vllm]
 START_TIMEOUT = 900  # seconds: a first start on 2 busy cores loads the model and profiles it
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory):
     from engines.embedded import resolve_model
+    from engines.vllm_server import VLLMServer
 
-    port = free_port()
+    args = ["--served-model-name", MODEL, "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048",
+            "--kv-cache-memory-bytes", str(512 * 2**20), "--max-logprobs", "20", "--disable-log-stats"]
     log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(MODEL),
-           "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--enforce-eager", "--max-model-len", "2048", "--kv-cache-memory-bytes", str(512 * 2**20),
-           "--max-logprobs", "20", "--disable-log-stats"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=cpu_env(), start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM server not up after {START_TIMEOUT} s:\n{log.read_text()[-3000:]}")
-            time.sleep(2)
-        yield f"{base}/v1"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+    with VLLMServer(resolve_model(MODEL), args, log_path=log, env=cpu_env()) as server:
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            server.wait(START_TIMEOUT)
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"{exc}:\n{server.log_tail()}")
+        yield server.url
 
 
 @pytest.fixture(scope="module")

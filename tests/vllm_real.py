@@ -53,8 +53,10 @@ def write_prompts(path: Path) -> Path:
 
 def cpu_env() -> dict:
     """The environment a vLLM CPU server needs on a small machine (the engine sets these itself in process)."""
+    from engines.vllm_engine import cpu_thread_binding
+
     env = dict(os.environ)
-    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(str(c) for c in sorted(os.sched_getaffinity(0))))
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_thread_binding())
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     return env
 
